@@ -1,0 +1,406 @@
+// Package wire implements hybrid's native binary protocol: the frames spoken
+// on the relay's control port (agent ⇄ relay) and at the start of every
+// connection to its data port (proxy → relay, agent → relay). It knows frames
+// only; what they mean is decided by the relay core and the clients.
+//
+// Protocol flow (docs/protocol.md has the full specification):
+//
+//	control channel, one per agent per relay, frames until either side closes:
+//	  agent → relay   preface "HYB\x01", HELLO{agent, version}
+//	  relay → agent   RESULT{ok}
+//	  agent → relay   ATTACH{hc, token}          per hybrid connection served
+//	  relay → agent   ATTACHED{hc, code, msg}    (also sent unprompted on revocation/expiry)
+//	  agent → relay   RENEW{hc, token}           before the token expires → ATTACHED
+//	  agent → relay   DETACH{hc}
+//	  relay → agent   ACCEPT{id, hc, target, key, addr}   a sender wants a stream
+//	  agent → relay   REJECT{id, code, msg}      the agent will not serve it
+//	  either          PING{n} → PONG{n}
+//
+//	data connection, one per stream; one frame each way, then raw bytes:
+//	  proxy → relay   preface, OPEN{hc, token, target}
+//	  agent → relay   preface, JOIN{id, hc, token}      after dialling the resource
+//	  relay → agent   RESULT{code, msg}   ok: raw bytes follow
+//	  relay → proxy   RESULT{code, msg}   ok: raw bytes follow
+//
+// Every frame is a 5-byte header — type (1 byte) and payload length (uint32,
+// big endian) — and a payload of fields: strings as uint16 length + bytes,
+// codes as one byte, nonces as uint64, stream ids as 16 bytes. Read never
+// reads past the end of the frame it returns, so a data connection can turn
+// into a raw byte stream right after its handshake with nothing lost.
+package wire
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/hybridconn/hybrid/internal/status"
+)
+
+// Preface opens every connection to the relay's native ports: the protocol
+// name and version 1. A peer that sends anything else is refused before any
+// frame is parsed.
+const Preface = "HYB\x01"
+
+// MaxPayload caps a frame's payload. Handshake frames are small (a token is
+// well under 1 KiB); the cap bounds what a hostile peer can make us allocate.
+const MaxPayload = 16 << 10
+
+// MaxString caps each string field.
+const MaxString = 4 << 10
+
+const headerLen = 5
+
+// Type identifies a frame.
+type Type uint8
+
+// Frame types. Values are part of the protocol: never renumber.
+const (
+	TypeHello    Type = 0x01
+	TypeAttach   Type = 0x02
+	TypeDetach   Type = 0x03
+	TypeRenew    Type = 0x04
+	TypePing     Type = 0x05
+	TypePong     Type = 0x06
+	TypeReject   Type = 0x07
+	TypeAccept   Type = 0x11
+	TypeAttached Type = 0x12
+	TypeOpen     Type = 0x21
+	TypeJoin     Type = 0x22
+	TypeResult   Type = 0x23
+)
+
+var typeNames = map[Type]string{
+	TypeHello: "HELLO", TypeAttach: "ATTACH", TypeDetach: "DETACH", TypeRenew: "RENEW",
+	TypePing: "PING", TypePong: "PONG", TypeReject: "REJECT", TypeAccept: "ACCEPT",
+	TypeAttached: "ATTACHED", TypeOpen: "OPEN", TypeJoin: "JOIN", TypeResult: "RESULT",
+}
+
+// String returns the frame type's name.
+func (t Type) String() string {
+	if n, ok := typeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type 0x%02x", uint8(t))
+}
+
+// Errors returned by Read and ReadPreface.
+var (
+	ErrBadPreface = errors.New("wire: not a hybrid native connection (bad preface)")
+	ErrTooLarge   = errors.New("wire: frame too large")
+	ErrMalformed  = errors.New("wire: malformed frame")
+	ErrUnknown    = errors.New("wire: unknown frame type")
+)
+
+// StreamID names one stream at a relay. It is random, so it cannot be guessed
+// by anyone who did not receive the ACCEPT on an authenticated control channel.
+type StreamID [16]byte
+
+// String returns the id in hex.
+func (id StreamID) String() string { return hex.EncodeToString(id[:]) }
+
+// Frame is one protocol message.
+type Frame interface {
+	// Type returns the frame's type byte.
+	Type() Type
+	appendPayload(b []byte) []byte
+	decode(d *decoder)
+}
+
+// Hello opens a control channel.
+type Hello struct {
+	Agent   string // a name for logs, e.g. the agent's host name
+	Version string // the agent's software version
+}
+
+// Attach asks to listen for a hybrid connection with a listen token.
+type Attach struct{ HC, Token string }
+
+// Detach stops listening for a hybrid connection.
+type Detach struct{ HC string }
+
+// Renew replaces the token of an attached hybrid connection.
+type Renew struct{ HC, Token string }
+
+// Attached answers Attach and Renew, and is sent unprompted when the relay
+// ends an attachment (revoked key, expired token): Code is then not OK.
+type Attached struct {
+	HC   string
+	Code status.Code
+	Msg  string
+}
+
+// Ping asks the peer to answer with a Pong carrying the same nonce.
+type Ping struct{ Nonce uint64 }
+
+// Pong answers a Ping.
+type Pong struct{ Nonce uint64 }
+
+// Accept tells an agent that a sender opened a stream it should serve.
+type Accept struct {
+	ID         StreamID
+	HC         string
+	Target     string // requested host:port; empty means "the published endpoint"
+	SenderKey  string // key name the sender authenticated with
+	SenderAddr string // sender's address as seen by the relay
+}
+
+// Reject tells the relay the agent will not serve stream ID.
+type Reject struct {
+	ID   StreamID
+	Code status.Code
+	Msg  string
+}
+
+// Open starts a stream from a sender.
+type Open struct{ HC, Token, Target string }
+
+// Join attaches an agent's data connection to stream ID.
+type Join struct {
+	ID    StreamID
+	HC    string
+	Token string
+}
+
+// Result answers Hello, Open and Join. After an OK Result on a data
+// connection, the connection carries raw stream bytes.
+type Result struct {
+	Code status.Code
+	Msg  string
+}
+
+// Err returns nil for OK, else a *status.Error.
+func (r *Result) Err() error {
+	if r.Code == status.OK {
+		return nil
+	}
+	return &status.Error{Code: r.Code, Msg: r.Msg}
+}
+
+func (*Hello) Type() Type    { return TypeHello }
+func (*Attach) Type() Type   { return TypeAttach }
+func (*Detach) Type() Type   { return TypeDetach }
+func (*Renew) Type() Type    { return TypeRenew }
+func (*Attached) Type() Type { return TypeAttached }
+func (*Ping) Type() Type     { return TypePing }
+func (*Pong) Type() Type     { return TypePong }
+func (*Accept) Type() Type   { return TypeAccept }
+func (*Reject) Type() Type   { return TypeReject }
+func (*Open) Type() Type     { return TypeOpen }
+func (*Join) Type() Type     { return TypeJoin }
+func (*Result) Type() Type   { return TypeResult }
+
+func (f *Hello) appendPayload(b []byte) []byte {
+	return appendStr(appendStr(b, f.Agent), f.Version)
+}
+func (f *Attach) appendPayload(b []byte) []byte { return appendStr(appendStr(b, f.HC), f.Token) }
+func (f *Detach) appendPayload(b []byte) []byte { return appendStr(b, f.HC) }
+func (f *Renew) appendPayload(b []byte) []byte  { return appendStr(appendStr(b, f.HC), f.Token) }
+func (f *Attached) appendPayload(b []byte) []byte {
+	return appendStr(append(appendStr(b, f.HC), byte(f.Code)), f.Msg)
+}
+func (f *Ping) appendPayload(b []byte) []byte { return binary.BigEndian.AppendUint64(b, f.Nonce) }
+func (f *Pong) appendPayload(b []byte) []byte { return binary.BigEndian.AppendUint64(b, f.Nonce) }
+func (f *Accept) appendPayload(b []byte) []byte {
+	b = append(b, f.ID[:]...)
+	return appendStr(appendStr(appendStr(appendStr(b, f.HC), f.Target), f.SenderKey), f.SenderAddr)
+}
+func (f *Reject) appendPayload(b []byte) []byte {
+	return appendStr(append(append(b, f.ID[:]...), byte(f.Code)), f.Msg)
+}
+func (f *Open) appendPayload(b []byte) []byte {
+	return appendStr(appendStr(appendStr(b, f.HC), f.Token), f.Target)
+}
+func (f *Join) appendPayload(b []byte) []byte {
+	return appendStr(appendStr(append(b, f.ID[:]...), f.HC), f.Token)
+}
+func (f *Result) appendPayload(b []byte) []byte { return appendStr(append(b, byte(f.Code)), f.Msg) }
+
+func (f *Hello) decode(d *decoder)    { f.Agent, f.Version = d.str(), d.str() }
+func (f *Attach) decode(d *decoder)   { f.HC, f.Token = d.str(), d.str() }
+func (f *Detach) decode(d *decoder)   { f.HC = d.str() }
+func (f *Renew) decode(d *decoder)    { f.HC, f.Token = d.str(), d.str() }
+func (f *Attached) decode(d *decoder) { f.HC, f.Code, f.Msg = d.str(), d.code(), d.str() }
+func (f *Ping) decode(d *decoder)     { f.Nonce = d.u64() }
+func (f *Pong) decode(d *decoder)     { f.Nonce = d.u64() }
+func (f *Accept) decode(d *decoder) {
+	f.ID, f.HC, f.Target, f.SenderKey, f.SenderAddr = d.id(), d.str(), d.str(), d.str(), d.str()
+}
+func (f *Reject) decode(d *decoder) { f.ID, f.Code, f.Msg = d.id(), d.code(), d.str() }
+func (f *Open) decode(d *decoder)   { f.HC, f.Token, f.Target = d.str(), d.str(), d.str() }
+func (f *Join) decode(d *decoder)   { f.ID, f.HC, f.Token = d.id(), d.str(), d.str() }
+func (f *Result) decode(d *decoder) { f.Code, f.Msg = d.code(), d.str() }
+
+func newFrame(t Type) Frame {
+	switch t {
+	case TypeHello:
+		return new(Hello)
+	case TypeAttach:
+		return new(Attach)
+	case TypeDetach:
+		return new(Detach)
+	case TypeRenew:
+		return new(Renew)
+	case TypeAttached:
+		return new(Attached)
+	case TypePing:
+		return new(Ping)
+	case TypePong:
+		return new(Pong)
+	case TypeAccept:
+		return new(Accept)
+	case TypeReject:
+		return new(Reject)
+	case TypeOpen:
+		return new(Open)
+	case TypeJoin:
+		return new(Join)
+	case TypeResult:
+		return new(Result)
+	}
+	return nil
+}
+
+// Append appends f's encoding (header and payload) to b. Strings longer than
+// MaxString are truncated so that every frame we send is one we would accept.
+func Append(b []byte, f Frame) []byte {
+	start := len(b)
+	b = append(b, byte(f.Type()), 0, 0, 0, 0)
+	b = f.appendPayload(b)
+	binary.BigEndian.PutUint32(b[start+1:], uint32(len(b)-start-headerLen))
+	return b
+}
+
+// Write writes f to w in a single Write call.
+func Write(w io.Writer, f Frame) error {
+	_, err := w.Write(Append(nil, f))
+	if err != nil {
+		return fmt.Errorf("write %s: %w", f.Type(), err)
+	}
+	return nil
+}
+
+// WritePreface writes the connection preface.
+func WritePreface(w io.Writer) error {
+	_, err := io.WriteString(w, Preface)
+	return err
+}
+
+// ReadPreface reads exactly len(Preface) bytes and checks them.
+func ReadPreface(r io.Reader) error {
+	var b [len(Preface)]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return fmt.Errorf("read preface: %w", err)
+	}
+	if string(b[:]) != Preface {
+		return ErrBadPreface
+	}
+	return nil
+}
+
+// Read reads one frame. It reads exactly the frame's bytes and nothing more,
+// so bytes that follow stay unread in r.
+func Read(r io.Reader) (Frame, error) {
+	var h [headerLen]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(h[1:])
+	if n > MaxPayload {
+		return nil, fmt.Errorf("%w: %d bytes (max %d)", ErrTooLarge, n, MaxPayload)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("read %s payload: %w", Type(h[0]), err)
+	}
+	return Decode(Type(h[0]), payload)
+}
+
+// Decode parses the payload of a frame of type t.
+func Decode(t Type, payload []byte) (Frame, error) {
+	f := newFrame(t)
+	if f == nil {
+		return nil, fmt.Errorf("%w 0x%02x", ErrUnknown, uint8(t))
+	}
+	d := decoder{b: payload}
+	f.decode(&d)
+	if d.err != nil {
+		return nil, fmt.Errorf("%w: %s: %s", ErrMalformed, t, d.err)
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: %s: %d trailing bytes", ErrMalformed, t, len(d.b))
+	}
+	return f, nil
+}
+
+func appendStr(b []byte, s string) []byte {
+	if len(s) > MaxString {
+		s = s[:MaxString]
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+	return append(b, s...)
+}
+
+// decoder consumes fields from a payload; the first error sticks and makes
+// every later field read a zero value.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if len(d.b) < n {
+		d.err = errors.New("truncated")
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string {
+	l := d.take(2)
+	if l == nil {
+		return ""
+	}
+	n := int(binary.BigEndian.Uint16(l))
+	if n > MaxString {
+		d.err = fmt.Errorf("string of %d bytes (max %d)", n, MaxString)
+		return ""
+	}
+	return string(d.take(n))
+}
+
+func (d *decoder) code() status.Code {
+	b := d.take(1)
+	if b == nil {
+		return 0
+	}
+	c := status.Code(b[0])
+	if !c.Valid() {
+		d.err = fmt.Errorf("unknown code %d", b[0])
+	}
+	return c
+}
+
+func (d *decoder) u64() uint64 {
+	b := d.take(8)
+	if b == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+func (d *decoder) id() StreamID {
+	var id StreamID
+	copy(id[:], d.take(16))
+	return id
+}

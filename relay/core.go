@@ -1,0 +1,544 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/hybridconn/hybrid/internal/sas"
+	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/stream"
+)
+
+// DefaultJoinTimeout bounds how long a sender waits for an agent to join its
+// stream after the relay notified it. The agent dials the resource first
+// (its own dial timeout is 10 s), so this must be comfortably above that.
+const DefaultJoinTimeout = 20 * time.Second
+
+// StreamID names a stream at the relay. It is random and single-use: it only
+// travels on authenticated control channels, and the join must also carry a
+// valid listen token for the stream's hybrid connection.
+type StreamID [16]byte
+
+// String returns the id in hex.
+func (id StreamID) String() string { return hex.EncodeToString(id[:]) }
+
+// Accept is the notice a listening agent gets when a sender opens a stream.
+type Accept struct {
+	ID         StreamID
+	HC         string
+	Target     string // requested host:port, "" for the published endpoint
+	SenderKey  string // name of the key the sender authenticated with
+	SenderAddr string // the sender's address as the relay sees it
+}
+
+// ListenerConn is a front door's side of an agent's control channel: the
+// core pushes notices through it. Implementations must not block for long
+// (queue, with a bound).
+type ListenerConn interface {
+	// Accept asks the agent to serve a stream.
+	Accept(a Accept) error
+	// Detached tells the agent the relay ended its attachment to hc.
+	Detached(hc string, why error)
+	// Close ends the control channel.
+	Close(why error)
+}
+
+// Peer is one side of a stream as a front door hands it to the core: the
+// connection that will carry raw bytes, and how to tell that side in its own
+// wire format that the stream is established.
+type Peer struct {
+	Conn net.Conn
+	// Ready sends the "ok, raw bytes follow" answer on Conn.
+	Ready func() error
+	// Addr is the peer's address, for logs.
+	Addr string
+}
+
+// OpenRequest is a sender's request for a stream.
+type OpenRequest struct {
+	HC     string
+	Token  string
+	Target string
+	Remote string // sender's address
+}
+
+// Core is the relay's heart: who listens for what, authentication, pairing,
+// limits and revocation. It knows no wire format; front doors translate
+// their protocol into calls on it.
+type Core struct {
+	log         hclog.Logger
+	joinTimeout time.Duration
+	auth        atomic.Pointer[authState]
+
+	mu       sync.Mutex
+	closing  bool
+	hcs      map[string]*hcListeners
+	sessions map[*Session]struct{}
+	pending  map[StreamID]*pending
+	streams  map[*activeStream]struct{}
+	streamWG sync.WaitGroup
+
+	stats Stats
+}
+
+// Stats are the core's running counters.
+type Stats struct {
+	StreamsOpened, StreamsFailed, AuthFailures atomic.Int64
+	BytesUp, BytesDown                         atomic.Int64
+}
+
+type hcListeners struct {
+	sessions []*Session
+	next     int
+}
+
+type pending struct {
+	req     OpenRequest
+	match   sas.Match
+	session *Session
+	joined  chan Peer // buffered 1
+	failed  chan error
+}
+
+type activeStream struct {
+	id             StreamID
+	hc             string
+	sender, agent  net.Conn
+	senderKey      sas.Match
+	listenerKey    sas.Match
+	start          time.Time
+}
+
+// NewCore returns a core with the given authentication rules.
+func NewCore(log hclog.Logger, a *Auth) *Core {
+	c := &Core{
+		log:         log,
+		joinTimeout: DefaultJoinTimeout,
+		hcs:         map[string]*hcListeners{},
+		sessions:    map[*Session]struct{}{},
+		pending:     map[StreamID]*pending{},
+		streams:     map[*activeStream]struct{}{},
+	}
+	c.SetAuth(a)
+	return c
+}
+
+// SetAuth replaces the authentication rules.
+func (c *Core) SetAuth(a *Auth) { c.auth.Store(&authState{Auth: a}) }
+
+// Stats returns the core's counters.
+func (c *Core) Stats() *Stats { return &c.stats }
+
+// NewSession registers an agent's control channel.
+func (c *Core) NewSession(conn ListenerConn, remote, agent string) (*Session, error) {
+	s := &Session{core: c, conn: conn, remote: remote, agent: agent, attached: map[string]sas.Match{}}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return nil, status.Errorf(status.ShuttingDown, "relay is stopping")
+	}
+	c.sessions[s] = struct{}{}
+	return s, nil
+}
+
+// Open authenticates a sender, notifies a listening agent and waits until it
+// joins or refuses. On success the returned stream must be passed to Splice.
+func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
+	if req.HC == "" {
+		return nil, status.Errorf(status.BadRequest, "no hybrid connection named")
+	}
+	match, err := c.authorize(req.HC, req.Token, sas.Send, req.Remote)
+	if err != nil {
+		return nil, err
+	}
+	var id StreamID
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, status.Errorf(status.Internal, "stream id: %v", err)
+	}
+	p := &pending{req: req, match: match, joined: make(chan Peer, 1), failed: make(chan error, 1)}
+
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return nil, status.Errorf(status.ShuttingDown, "relay is stopping")
+	}
+	c.pending[id] = p
+	cands := c.candidatesLocked(req.HC)
+	c.mu.Unlock()
+	delivered := false
+	defer func() {
+		c.mu.Lock()
+		_, unclaimed := c.pending[id]
+		delete(c.pending, id)
+		c.mu.Unlock()
+		if !unclaimed && !delivered {
+			// A join or reject claimed the stream as we gave up on it: its
+			// value is (or is about to be) in a channel. Don't leak the conn.
+			go func() {
+				select {
+				case peer := <-p.joined:
+					peer.Conn.Close()
+				case <-p.failed:
+				}
+			}()
+		}
+	}()
+
+	if len(cands) == 0 {
+		delivered = true // never announced: nothing can claim it
+		return nil, status.Errorf(status.NoListener, "no agent is listening for %q", req.HC)
+	}
+	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: match.Rule, SenderAddr: req.Remote}
+	var notified *Session
+	for _, s := range cands { // failover: the first agent that takes the notice
+		if err := s.conn.Accept(acc); err != nil {
+			c.log.Debug("accept notice failed, trying next agent", "hc", req.HC, "agent", s.remote, "error", err)
+			continue
+		}
+		notified = s
+		break
+	}
+	if notified == nil {
+		delivered = true
+		return nil, status.Errorf(status.NoListener, "no agent for %q took the stream", req.HC)
+	}
+	c.mu.Lock()
+	p.session = notified
+	c.mu.Unlock()
+
+	t := time.NewTimer(c.joinTimeout)
+	defer t.Stop()
+	select {
+	case peer := <-p.joined:
+		delivered = true
+		return &Pairing{ID: id, HC: req.HC, Agent: peer, senderKey: match, listenerKey: notified.match(req.HC)}, nil
+	case err := <-p.failed:
+		delivered = true
+		return nil, err
+	case <-t.C:
+		return nil, status.Errorf(status.Timeout, "agent %s did not join within %s", notified.remote, c.joinTimeout)
+	case <-ctx.Done():
+		return nil, status.Errorf(status.ShuttingDown, "open cancelled: %v", context.Cause(ctx))
+	}
+}
+
+// Pairing is a stream whose agent side has joined.
+type Pairing struct {
+	ID    StreamID
+	HC    string
+	Agent Peer
+
+	senderKey, listenerKey sas.Match
+}
+
+// Join hands an agent's data connection to the stream it was notified of.
+// On success the core owns peer.Conn.
+func (c *Core) Join(id StreamID, hc, token string, peer Peer) error {
+	if _, err := c.authorize(hc, token, sas.Listen, peer.Addr); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	p := c.pending[id]
+	if p != nil && p.req.HC == hc {
+		delete(c.pending, id) // single use
+	}
+	c.mu.Unlock()
+	if p == nil || p.req.HC != hc {
+		return status.Errorf(status.NotFound, "no pending stream %s for %q (expired or already joined)", id, hc)
+	}
+	p.joined <- peer
+	return nil
+}
+
+// reject fails a pending stream on the agent's word.
+func (c *Core) reject(s *Session, id StreamID, err error) {
+	c.mu.Lock()
+	p := c.pending[id]
+	if p != nil && p.session == s {
+		delete(c.pending, id)
+	} else {
+		p = nil
+	}
+	c.mu.Unlock()
+	if p != nil {
+		p.failed <- err
+	}
+}
+
+// Splice tells both sides the stream is established and copies bytes between
+// them until it ends. It owns and closes both connections.
+func (c *Core) Splice(pr *Pairing, sender Peer) {
+	log := c.log.With("hc", pr.HC, "stream", pr.ID.String())
+	st := &activeStream{id: pr.ID, hc: pr.HC, sender: sender.Conn, agent: pr.Agent.Conn,
+		senderKey: pr.senderKey, listenerKey: pr.listenerKey, start: time.Now()}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		sender.Conn.Close()
+		pr.Agent.Conn.Close()
+		return
+	}
+	c.streams[st] = struct{}{}
+	c.streamWG.Add(1)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.streams, st)
+		c.mu.Unlock()
+		c.streamWG.Done()
+	}()
+
+	// The agent hears first: it may start sending (a server greeting) as soon
+	// as it knows; those bytes wait in the socket until the copy below runs.
+	if err := pr.Agent.Ready(); err != nil {
+		log.Warn("agent side failed before the stream started", "error", err)
+		sender.Conn.Close()
+		pr.Agent.Conn.Close()
+		c.stats.StreamsFailed.Add(1)
+		return
+	}
+	if err := sender.Ready(); err != nil {
+		log.Debug("sender went away before the stream started", "error", err)
+		sender.Conn.Close()
+		pr.Agent.Conn.Close()
+		c.stats.StreamsFailed.Add(1)
+		return
+	}
+	c.stats.StreamsOpened.Add(1)
+	log.Debug("stream open", "sender", sender.Addr, "agent", pr.Agent.Addr)
+	n := stream.Pipe(sender.Conn, pr.Agent.Conn)
+	c.stats.BytesUp.Add(n.AToB)
+	c.stats.BytesDown.Add(n.BToA)
+	log.Debug("stream closed", "up", n.AToB, "down", n.BToA, "duration", time.Since(st.start).Round(time.Millisecond))
+}
+
+// Shutdown stops the core: new sessions and streams are refused, control
+// channels are closed (agents reconnect elsewhere), live streams get until
+// ctx is done to finish, then are closed.
+func (c *Core) Shutdown(ctx context.Context) {
+	c.mu.Lock()
+	c.closing = true
+	sessions := make([]*Session, 0, len(c.sessions))
+	for s := range c.sessions {
+		sessions = append(sessions, s)
+	}
+	c.mu.Unlock()
+	for _, s := range sessions {
+		s.conn.Close(status.Errorf(status.ShuttingDown, "relay is stopping"))
+		s.Close()
+	}
+	done := make(chan struct{})
+	go func() { c.streamWG.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	for st := range c.streams {
+		st.sender.Close()
+		st.agent.Close()
+	}
+	c.mu.Unlock()
+	<-done
+}
+
+// candidatesLocked returns the sessions listening for hc, rotated so that
+// successive streams start with successive agents.
+func (c *Core) candidatesLocked(hc string) []*Session {
+	l := c.hcs[hc]
+	if l == nil || len(l.sessions) == 0 {
+		return nil
+	}
+	n := len(l.sessions)
+	out := make([]*Session, 0, n)
+	for i := 0; i < n; i++ {
+		out = append(out, l.sessions[(l.next+i)%n])
+	}
+	l.next = (l.next + 1) % n
+	return out
+}
+
+func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (sas.Match, error) {
+	a := c.auth.Load()
+	m, err := a.verify(hc, token, need)
+	if err != nil {
+		c.stats.AuthFailures.Add(1)
+		c.log.Warn("authentication failed", "hc", hc, "need", need.String(), "remote", remote, "error", err)
+	}
+	return m, err
+}
+
+// Session is an agent's control channel as the core sees it.
+type Session struct {
+	core   *Core
+	conn   ListenerConn
+	remote string
+	agent  string
+
+	mu       sync.Mutex
+	closed   bool
+	attached map[string]sas.Match
+}
+
+// Remote returns the agent's address.
+func (s *Session) Remote() string { return s.remote }
+
+// Attach starts listening for hc with a listen token.
+func (s *Session) Attach(hc, token string) error {
+	c := s.core
+	m, err := c.authorize(hc, token, sas.Listen, s.remote)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return status.Errorf(status.ShuttingDown, "session closed")
+	}
+	if _, ok := s.attached[hc]; !ok {
+		l := c.hcs[hc]
+		if l == nil {
+			l = &hcListeners{}
+			c.hcs[hc] = l
+		}
+		l.sessions = append(l.sessions, s)
+	}
+	s.attached[hc] = m
+	c.log.Info("agent listening", "hc", hc, "agent", s.agent, "remote", s.remote, "key", m.Rule)
+	return nil
+}
+
+// Renew replaces the token of an attached hybrid connection.
+func (s *Session) Renew(hc, token string) error {
+	s.mu.Lock()
+	_, ok := s.attached[hc]
+	s.mu.Unlock()
+	if !ok {
+		return status.Errorf(status.NotFound, "not attached to %q", hc)
+	}
+	return s.Attach(hc, token)
+}
+
+// Detach stops listening for hc.
+func (s *Session) Detach(hc string) {
+	c := s.core
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.detachLocked(hc)
+}
+
+func (s *Session) detachLocked(hc string) {
+	c := s.core
+	if _, ok := s.attached[hc]; !ok {
+		return
+	}
+	delete(s.attached, hc)
+	if l := c.hcs[hc]; l != nil {
+		for i, x := range l.sessions {
+			if x == s {
+				l.sessions = append(l.sessions[:i], l.sessions[i+1:]...)
+				break
+			}
+		}
+		if len(l.sessions) == 0 {
+			delete(c.hcs, hc)
+		} else {
+			l.next %= len(l.sessions)
+		}
+	}
+	c.log.Info("agent stopped listening", "hc", hc, "agent", s.agent, "remote", s.remote)
+}
+
+// Reject fails the pending stream id on the agent's word.
+func (s *Session) Reject(id StreamID, code status.Code, msg string) {
+	if code == status.OK {
+		code = status.Refused
+	}
+	s.core.reject(s, id, &status.Error{Code: code, Msg: msg})
+}
+
+// Close unregisters the session and detaches everything it listened for.
+func (s *Session) Close() {
+	c := s.core
+	c.mu.Lock()
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		for hc := range s.attached {
+			s.detachLocked(hc)
+		}
+		delete(c.sessions, s)
+	}
+	s.mu.Unlock()
+	// Streams this agent was asked to serve but has not joined fail now
+	// rather than at the join timeout.
+	var orphans []*pending
+	for id, p := range c.pending {
+		if p.session == s {
+			orphans = append(orphans, p)
+			delete(c.pending, id)
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range orphans {
+		p.failed <- status.Errorf(status.NoListener, "agent %s went away", s.remote)
+	}
+}
+
+func (s *Session) match(hc string) sas.Match {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.attached[hc]
+}
+
+// expireTokens detaches every attachment whose token lapsed.
+func (c *Core) expireTokens(now time.Time) {
+	type lapse struct {
+		s  *Session
+		hc string
+	}
+	var lapsed []lapse
+	c.mu.Lock()
+	for s := range c.sessions {
+		s.mu.Lock()
+		for hc, m := range s.attached {
+			if !m.Expiry.IsZero() && !now.Before(m.Expiry) {
+				s.detachLocked(hc)
+				lapsed = append(lapsed, lapse{s, hc})
+			}
+		}
+		s.mu.Unlock()
+	}
+	c.mu.Unlock()
+	for _, l := range lapsed {
+		c.log.Warn("listen token expired; detached", "hc", l.hc, "agent", l.s.remote)
+		l.s.conn.Detached(l.hc, status.Errorf(status.Unauthorized, "token expired"))
+	}
+}
+
+// RunExpiry detaches lapsed attachments every second until ctx is done.
+func (c *Core) RunExpiry(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			c.expireTokens(now)
+		}
+	}
+}
+

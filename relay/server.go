@@ -1,0 +1,171 @@
+// Package relay is the public rendezvous: agents and senders both dial out
+// to it; it authenticates them with SAS tokens, pairs each sender's stream
+// with a listening agent and then only moves bytes.
+//
+// The Core (core.go) holds the semantics and knows no wire format; front
+// doors translate protocols into it: native.go for hybrid's binary protocol
+// on the control and data ports.
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/hybridconn/hybrid/rules"
+)
+
+// DefaultGrace is how long live streams may go on after a stop is asked for.
+const DefaultGrace = 10 * time.Second
+
+// Server runs a relay section: its listeners, front doors and core.
+type Server struct {
+	log   hclog.Logger
+	cfg   *rules.Relay
+	core  *Core
+	door  *nativeDoor
+	tls   *tls.Config
+	Grace time.Duration // zero means DefaultGrace
+}
+
+// New validates cfg into a server. It does not listen yet.
+func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
+	auth, err := NewAuth(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{log: log, cfg: cfg}
+	s.core = NewCore(log, auth)
+	s.door = newNativeDoor(s.core, log)
+	if cfg.TLS != nil {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+		if err != nil {
+			return nil, fmt.Errorf("relay tls: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	return s, nil
+}
+
+// Core returns the server's core.
+func (s *Server) Core() *Core { return s.core }
+
+// Listeners are the relay's three listening sockets.
+type Listeners struct {
+	Control, Data, HTTP net.Listener
+}
+
+// Listen opens the listeners named in the configuration.
+func (s *Server) Listen() (*Listeners, error) {
+	var l Listeners
+	var err error
+	open := func(name, addr string) net.Listener {
+		if err != nil {
+			return nil
+		}
+		var ln net.Listener
+		ln, err = net.Listen("tcp", addr)
+		if err != nil {
+			err = fmt.Errorf("relay %s listener: %w", name, err)
+			return nil
+		}
+		return ln
+	}
+	l.Control = open("control", s.cfg.Listen.Control)
+	l.Data = open("data", s.cfg.Listen.Data)
+	l.HTTP = open("http", s.cfg.Listen.HTTP)
+	if err != nil {
+		for _, ln := range []net.Listener{l.Control, l.Data, l.HTTP} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+		return nil, err
+	}
+	return &l, nil
+}
+
+// Run listens and serves until ctx is done, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	l, err := s.Listen()
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, l)
+}
+
+// Serve serves on the given listeners until ctx is done: it then stops
+// accepting, closes control channels, lets live streams finish for the grace
+// period and closes what remains.
+func (s *Server) Serve(ctx context.Context, l *Listeners) error {
+	control, data := l.Control, l.Data
+	if s.tls != nil {
+		control, data = tls.NewListener(control, s.tls), tls.NewListener(data, s.tls)
+	}
+	s.log.Info("relay listening", "control", l.Control.Addr().String(), "data", l.Data.Addr().String(),
+		"http", l.HTTP.Addr().String(), "namespace", s.cfg.Namespace, "tls", s.tls != nil)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: HandshakeTimeout, ErrorLog: s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	run := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	run(func() error { return s.door.serve(ctx, control, s.door.serveControl) })
+	run(func() error { return s.door.serve(ctx, data, s.door.serveData) })
+	run(func() error {
+		var err error
+		if s.tls != nil {
+			err = hs.Serve(tls.NewListener(l.HTTP, s.tls))
+		} else {
+			err = hs.Serve(l.HTTP)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	expiryCtx, stopExpiry := context.WithCancel(ctx)
+	go s.core.RunExpiry(expiryCtx)
+	defer stopExpiry()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.log.Info("relay stopping")
+	control.Close()
+	data.Close()
+	grace := s.Grace
+	if grace == 0 {
+		grace = DefaultGrace
+	}
+	gctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	hs.Shutdown(gctx)
+	s.core.Shutdown(gctx)
+	s.door.closeAll()
+	wg.Wait()
+	s.log.Info("relay stopped")
+	return runErr
+}

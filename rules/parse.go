@@ -1,0 +1,143 @@
+package rules
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/viper"
+	"gopkg.in/yaml.v3"
+)
+
+// Load reads and parses the config file at path (see Parse). An unreadable
+// file gives an Error with line 0 that wraps the I/O error; problems in the
+// file give Errors.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		var pe *os.PathError
+		msg := err.Error()
+		if errors.As(err, &pe) {
+			msg = fmt.Sprintf("cannot read config: %v", pe.Err)
+		}
+		return nil, Error{File: path, Msg: msg, err: err}
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates one config file's contents. file names it in
+// messages and in Config.File, and its directory is where relative paths
+// (tls, audit, *_file) are resolved (the working directory for EmbeddedFile).
+//
+// On any problem it returns a nil *Config and an Errors holding every problem
+// found, sorted by line. It reads the environment (${VAR} secrets,
+// HYBRID_LOG_LEVEL, HYBRID_LOG_FORMAT) and key files, and keeps no state: it
+// is safe to call concurrently.
+func Parse(file string, data []byte) (*Config, error) {
+	dir := filepath.Dir(file)
+	if file == EmbeddedFile {
+		dir = "."
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	d := &decoder{file: file, dir: dir, lines: map[string]int{}}
+
+	var cfg *Config
+	root, err := parseYAML(data)
+	switch {
+	case err != nil:
+		d.syntaxError(err)
+	case root == nil:
+		d.errorf(0, "", "no relay, agent or proxy section (the file is empty)")
+	default:
+		cfg = d.root(root)
+		levelEnv, formatEnv := envOverride(&cfg.Log)
+		d.finishLog(&cfg.Log, levelEnv, formatEnv)
+	}
+	if len(d.errs) > 0 {
+		d.errs.sort()
+		return nil, d.errs
+	}
+	cfg.lines = d.lines
+	return cfg, nil
+}
+
+// errMultipleDocs is returned by parseYAML for a stream of several documents.
+type errMultipleDocs struct{ line int }
+
+func (e errMultipleDocs) Error() string { return "more than one YAML document" }
+
+// parseYAML returns the root node of the single document in data, or nil for
+// a file with no document (empty, or only comments).
+func parseYAML(data []byte) (root *yaml.Node, err error) {
+	defer func() {
+		// yaml.v3 has panicked on hostile input before; never take the
+		// process down over a config file.
+		if r := recover(); r != nil {
+			root, err = nil, fmt.Errorf("yaml: %v", r)
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if err == io.EOF {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case err == nil:
+		return nil, errMultipleDocs{line: next.Line}
+	case err != io.EOF:
+		return nil, err
+	}
+	if doc.Kind == yaml.DocumentNode {
+		if len(doc.Content) == 0 {
+			return nil, nil
+		}
+		return doc.Content[0], nil
+	}
+	return &doc, nil
+}
+
+var yamlLine = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
+
+func (d *decoder) syntaxError(err error) {
+	var multi errMultipleDocs
+	if errors.As(err, &multi) {
+		d.errorf(multi.line, "", "more than one YAML document (only one config per file)")
+		return
+	}
+	msg := err.Error()
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		d.errorf(line, "", "invalid YAML: %s", m[2])
+		return
+	}
+	d.errorf(0, "", "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
+}
+
+// envOverride applies HYBRID_LOG_LEVEL and HYBRID_LOG_FORMAT through a fresh
+// viper (only environment overrides; the file is decoded strictly by us). It
+// returns the names of the variables that took effect.
+func envOverride(l *Log) (levelEnv, formatEnv string) {
+	v := viper.New()
+	v.SetEnvPrefix("HYBRID")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv() // empty variables count as unset (AllowEmptyEnv is off)
+	if s := v.GetString("log.level"); s != "" {
+		l.Level, levelEnv = s, "HYBRID_LOG_LEVEL"
+	}
+	if s := v.GetString("log.format"); s != "" {
+		l.Format, formatEnv = s, "HYBRID_LOG_FORMAT"
+	}
+	return levelEnv, formatEnv
+}

@@ -1,0 +1,277 @@
+// Package rules loads, strictly decodes and validates hybrid's YAML config.
+//
+// One file may hold a log section and any of the relay, agent and proxy
+// sections (see DESIGN.md for the contract). Parse and Load decode the file
+// with their own strict walker over yaml.v3 nodes rather than through
+// reflection, so that every problem is reported at once, each with its
+// file:line and dotted field path: unknown keys (with a "did you mean"), wrong
+// types (no weak typing: "80" is not a port, 1 is not a boolean), missing and
+// invalid values, duplicates and conflicts. Secrets may be written as
+// ${ENV_VAR} or read from a *_file; log.level and log.format may be
+// overridden by HYBRID_LOG_LEVEL and HYBRID_LOG_FORMAT.
+//
+// A *Config returned by Parse or Load is complete (defaults applied, endpoints
+// canonical, relative paths resolved, secrets expanded) and is an immutable
+// snapshot: nothing in this package keeps or changes it after returning, and
+// callers must treat it, its slices and its pointed-to sections as read-only so
+// that it can be shared between goroutines and swapped atomically on reload.
+package rules
+
+import "slices"
+
+// EmbeddedFile is the File of a Config parsed from a built-in default rather
+// than from a file: Parse(EmbeddedFile, data) resolves relative paths against
+// the working directory.
+const EmbeddedFile = "<embedded>"
+
+// Defaults applied by Parse.
+const (
+	DefaultLevel  = "info" // log.level
+	DefaultFormat = "text" // log.format
+
+	DefaultListenControl = "127.0.0.1:5671" // relay.listen.control
+	DefaultListenData    = "127.0.0.1:9352" // relay.listen.data
+	DefaultListenHTTP    = "127.0.0.1:8080" // relay.listen.http
+
+	DefaultControlPort = 5671 // relay endpoint control
+	DefaultDataPort    = 9352 // relay endpoint data
+	DefaultHTTPPort    = 443  // relay endpoint http
+
+	DefaultTransport = TransportAuto // agent/proxy transport
+)
+
+// Transports: the values of agent.transport and proxy.transport.
+const (
+	// TransportAuto probes the native control port and falls back to WebSocket.
+	TransportAuto = "auto"
+	// TransportTCP uses the native protocol only.
+	TransportTCP = "tcp"
+	// TransportWebSocket uses Azure's WebSocket protocol on the http port only.
+	TransportWebSocket = "websocket"
+)
+
+// Rights: the values of a key's rights list.
+const (
+	RightListen = "listen" // may serve (listen on) a hybrid connection: agents
+	RightSend   = "send"   // may open streams to a hybrid connection: proxies
+	RightManage = "manage" // both listen and send
+)
+
+// Config is one parsed and validated config file. See the package doc: treat
+// it as read-only.
+type Config struct {
+	// File is the path the config was loaded from, exactly as given to Load or
+	// Parse, or EmbeddedFile for the built-in default. Used in messages.
+	File string
+	// Log is always set; its fields carry their defaults when absent.
+	Log Log
+	// Relay is nil when the file has no relay section.
+	Relay *Relay
+	// Agent is nil when the file has no agent section.
+	Agent *Agent
+	// Proxy is nil when the file has no proxy section.
+	Proxy *Proxy
+
+	lines map[string]int // field path -> line; read-only after Parse
+}
+
+// Line returns the line of field (a path as in Error.Field, such as
+// "proxy.connections[2].listen") in File, or of its nearest ancestor that has
+// one (a field left to its default has no line of its own), or 0. It lets
+// callers report runtime problems, such as a listener that cannot bind, at the
+// line that asked for it.
+func (c *Config) Line(field string) int {
+	if c == nil {
+		return 0
+	}
+	return lineOf(c.lines, field)
+}
+
+// Log is the log section.
+type Log struct {
+	// Level is one of trace, debug, info, warn, error (lower case; "warning"
+	// is rejected). Default "info". HYBRID_LOG_LEVEL overrides the file.
+	Level string
+	// Format is text or json. Default "text". HYBRID_LOG_FORMAT overrides the
+	// file.
+	Format string
+}
+
+// Relay is the relay section.
+type Relay struct {
+	// Namespace is the host inside token resource URIs (sb://<namespace>/<hc>),
+	// canonical (lower case, no trailing dot). Default: the host of
+	// Listen.Control; it must be given when that host is empty or unspecified
+	// (0.0.0.0, ::), which names no host.
+	Namespace string
+	// Listen holds the relay's three listen addresses.
+	Listen RelayListen
+	// TLS is nil when the tls mapping is absent (plain TCP).
+	TLS *TLS
+	// Insecure allows non-loopback listen addresses without TLS.
+	Insecure bool
+	// Keys are namespace rules (yaml: keys), covering every connection. May be
+	// empty.
+	Keys []Key
+	// Connections are the hybrid connections the relay serves. May be empty
+	// when Keys is not.
+	Connections []RelayConnection
+}
+
+// RelayListen holds the relay's listen addresses, each canonical host:port
+// text where host is empty (all interfaces), an IP address or localhost, and
+// port is 0..65535 (0 picks a free port). No two of them conflict.
+type RelayListen struct {
+	// Control is the native control channel (yaml: control). Default
+	// DefaultListenControl.
+	Control string
+	// Data is the native data channel (yaml: data). Default DefaultListenData.
+	Data string
+	// HTTP is the WebSocket fallback, /healthz, /metrics and status page
+	// (yaml: http). Default DefaultListenHTTP.
+	HTTP string
+}
+
+// TLS is a certificate and private key pair, both PEM files. Both are required
+// when the tls mapping is present; relative paths are resolved against the
+// config file's directory, so these are absolute. Existence is not checked
+// here: the relay loads (and reloads) them.
+type TLS struct {
+	Cert string // yaml: cert
+	Key  string // yaml: key
+}
+
+// Key is an authorisation rule: a name, rights and two values so that one can
+// be rotated while clients use the other.
+type Key struct {
+	// Name is the key (rule) name: 1..256 of A-Z a-z 0-9 . _ -, unique within
+	// its list.
+	Name string
+	// Rights holds at least one of RightListen, RightSend, RightManage, no
+	// duplicates. Use Allows rather than comparing.
+	Rights []string
+	// Primary is the primary value (yaml: primary, ${ENV} or primary_file);
+	// required, at least 16 characters.
+	Primary string
+	// Secondary is the secondary value (yaml: secondary, ${ENV} or
+	// secondary_file); "" when absent, otherwise at least 16 characters.
+	Secondary string
+}
+
+// Allows reports whether k grants right: RightManage grants RightListen and
+// RightSend too.
+func (k Key) Allows(right string) bool {
+	return slices.Contains(k.Rights, right) ||
+		(right == RightListen || right == RightSend) && slices.Contains(k.Rights, RightManage)
+}
+
+// RelayConnection is a hybrid connection served by the relay.
+type RelayConnection struct {
+	// Name is the hybrid connection's name: 1..128 characters, segments of
+	// A-Z a-z 0-9 . _ - separated by single slashes (no leading or trailing
+	// slash, no "." or ".." segment). Names are unique case-insensitively.
+	Name string
+	// Keys are the connection's own rules; may be empty when Relay.Keys is not.
+	Keys []Key
+}
+
+// RelayEndpoint is one relay as seen by an agent or proxy: an entry of
+// agent.relays or proxy.relay, written either as a host alone or as a mapping
+// {host, control, data, http, tls, namespace}.
+type RelayEndpoint struct {
+	// Host is a DNS name or IP address, canonical (lower case, no trailing
+	// dot, canonical IP text without brackets). Required.
+	Host string
+	// Control is the native control port. Default DefaultControlPort.
+	Control int
+	// Data is the native data port. Default DefaultDataPort.
+	Data int
+	// HTTP is the HTTP(S)/WebSocket port. Default DefaultHTTPPort.
+	HTTP int
+	// TLS says whether to use TLS. Default true, except for loopback hosts
+	// (127.0.0.0/8, ::1, localhost), where it defaults to false.
+	TLS bool
+	// Namespace is the host put in the token URIs this client mints,
+	// canonical. Default: Host.
+	Namespace string
+}
+
+// Agent is the agent section.
+type Agent struct {
+	// Relays lists every relay of the fleet (yaml: relays); at least one, no
+	// two with the same host and control port.
+	Relays []RelayEndpoint
+	// Transport is TransportAuto, TransportTCP or TransportWebSocket. Default
+	// TransportAuto.
+	Transport string
+	// Allow is the administrator's cap on what may be published: canonical
+	// endpoints. nil means no cap; a non-nil empty list allows nothing. Every
+	// connection's Endpoint is in it when it is non-nil.
+	Allow []string
+	// Audit is the path of the JSON-lines audit log, absolute; "" means none.
+	Audit string
+	// Admin is the listen address of the status/metrics endpoint (canonical
+	// host:port as in RelayListen); "" means none.
+	Admin string
+	// ProxyURL is an HTTP CONNECT proxy URL (yaml: proxy_url, http or https);
+	// "" means use HTTPS_PROXY from the environment, if set.
+	ProxyURL string
+	// Connections are the hybrid connections this agent serves.
+	Connections []AgentConnection
+}
+
+// AgentConnection is a hybrid connection published by the agent.
+type AgentConnection struct {
+	// Name is the hybrid connection's name (rules as RelayConnection.Name),
+	// unique within agent.connections.
+	Name string
+	// Endpoint is the one published host:port, canonical (see
+	// internal/endpoint). Required.
+	Endpoint string
+	// KeyName is the key (rule) name (yaml: key_name). Required.
+	KeyName string
+	// Key is the key value (yaml: key, ${ENV} or key_file). Required, at
+	// least 16 characters.
+	Key string
+}
+
+// Proxy is the proxy section.
+type Proxy struct {
+	// Relays lists the relays (yaml: relay — one entry or a list); at least
+	// one, no two with the same host and control port.
+	Relays []RelayEndpoint
+	// Transport is TransportAuto, TransportTCP or TransportWebSocket. Default
+	// TransportAuto.
+	Transport string
+	// Socks is the SOCKS5 listen address (canonical host:port); "" means no
+	// SOCKS listener.
+	Socks string
+	// Admin is the listen address of the status/metrics endpoint; "" means
+	// none.
+	Admin string
+	// ProxyURL is an HTTP CONNECT proxy URL (yaml: proxy_url); "" means use
+	// HTTPS_PROXY from the environment, if set.
+	ProxyURL string
+	// Connections are the hybrid connections this proxy uses.
+	Connections []ProxyConnection
+}
+
+// ProxyConnection is a hybrid connection used by the proxy. At least one of
+// Endpoint and Listen is set.
+type ProxyConnection struct {
+	// Name is the hybrid connection's name (rules as RelayConnection.Name),
+	// unique within proxy.connections.
+	Name string
+	// Endpoint is the canonical host:port an app's connection string names,
+	// used to match SOCKS targets; "" when absent. Unique within
+	// proxy.connections.
+	Endpoint string
+	// Listen is the local port-forward listen address (canonical host:port);
+	// "" when absent. No two proxy listeners (socks, admin, listen) conflict.
+	Listen string
+	// KeyName is the key (rule) name (yaml: key_name). Required.
+	KeyName string
+	// Key is the key value (yaml: key, ${ENV} or key_file). Required, at
+	// least 16 characters.
+	Key string
+}

@@ -1,0 +1,585 @@
+package rules
+
+import (
+	"fmt"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/hybridconn/hybrid/internal/endpoint"
+)
+
+// section treats a null section ("relay:" with everything below commented
+// out) as an empty one, so that what it lacks is reported.
+func section(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.ScalarNode && isNull(n) {
+		return &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: n.Line, Column: n.Column}
+	}
+	return n
+}
+
+// root decodes the top-level mapping.
+func (d *decoder) root(n *yaml.Node) *Config {
+	cfg := &Config{File: d.file}
+	seen, ok := d.mapping("", n, fields{
+		"log":   func(p string, v *yaml.Node) { cfg.Log = d.log(p, section(v)) },
+		"relay": func(p string, v *yaml.Node) { cfg.Relay = d.relay(p, section(v)) },
+		"agent": func(p string, v *yaml.Node) { cfg.Agent = d.agent(p, section(v)) },
+		"proxy": func(p string, v *yaml.Node) { cfg.Proxy = d.proxy(p, section(v)) },
+	})
+	if ok && !seen["relay"] && !seen["agent"] && !seen["proxy"] {
+		d.errorf(0, "", "no relay, agent or proxy section")
+	}
+	return cfg
+}
+
+func (d *decoder) log(path string, n *yaml.Node) Log {
+	var l Log
+	d.mapping(path, n, fields{
+		"level":  func(p string, v *yaml.Node) { l.Level, _ = d.str(p, v) },
+		"format": func(p string, v *yaml.Node) { l.Format, _ = d.str(p, v) },
+	})
+	return l // checked after environment overrides, in finishLog
+}
+
+var levels = []string{"trace", "debug", "info", "warn", "error"}
+
+// finishLog applies defaults to l and checks it. levelEnv and formatEnv name
+// the environment variables that overrode the file, if any.
+func (d *decoder) finishLog(l *Log, levelEnv, formatEnv string) {
+	if l.Level == "" && levelEnv == "" && d.lines["log.level"] == 0 {
+		l.Level = DefaultLevel
+	}
+	if l.Format == "" && formatEnv == "" && d.lines["log.format"] == 0 {
+		l.Format = DefaultFormat
+	}
+	from := func(env string) string {
+		if env == "" {
+			return ""
+		}
+		return " from " + env
+	}
+	if !d.bad("log.level") {
+		d.checkOneOf("log.level", l.Level, "level", from(levelEnv), levels...)
+	}
+	if !d.bad("log.format") {
+		d.checkOneOf("log.format", l.Format, "format", from(formatEnv), "text", "json")
+	}
+}
+
+// bad reports whether an error was already reported at field.
+func (d *decoder) bad(field string) bool {
+	for _, e := range d.errs {
+		if e.Field == field {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *decoder) relay(path string, n *yaml.Node) *Relay {
+	r := &Relay{}
+	var listen []listenAddr
+	listenField := func(name string, dst *string) func(string, *yaml.Node) {
+		return func(p string, v *yaml.Node) {
+			if a, ok := d.listen(p, v); ok {
+				*dst = a.text
+				listen = append(listen, a)
+			}
+		}
+	}
+	seen, ok := d.mapping(path, n, fields{
+		"namespace": func(p string, v *yaml.Node) { r.Namespace, _ = d.host(p, v) },
+		"listen": func(p string, v *yaml.Node) {
+			d.mapping(p, v, fields{
+				"control": listenField("control", &r.Listen.Control),
+				"data":    listenField("data", &r.Listen.Data),
+				"http":    listenField("http", &r.Listen.HTTP),
+			})
+		},
+		"tls":         func(p string, v *yaml.Node) { r.TLS = d.tls(p, v) },
+		"insecure":    func(p string, v *yaml.Node) { r.Insecure, _ = d.boolean(p, v) },
+		"keys":        func(p string, v *yaml.Node) { r.Keys = d.keys(p, v) },
+		"connections": func(p string, v *yaml.Node) { r.Connections = d.relayConnections(p, v) },
+	})
+	if !ok {
+		return r
+	}
+	// Defaults for the listen addresses left out.
+	for _, f := range []struct {
+		name, def string
+		dst       *string
+	}{
+		{"control", DefaultListenControl, &r.Listen.Control},
+		{"data", DefaultListenData, &r.Listen.Data},
+		{"http", DefaultListenHTTP, &r.Listen.HTTP},
+	} {
+		fp := path + ".listen." + f.name
+		if _, given := d.lines[fp]; given {
+			continue
+		}
+		*f.dst = f.def
+		a, _ := parseListen(f.def)
+		a.field, a.def = fp, true
+		listen = append(listen, a)
+	}
+	d.checkListeners(sortByLine(d, listen))
+
+	control, err := parseListen(r.Listen.Control)
+	if !seen["namespace"] && err == nil {
+		if control.wildcard() {
+			d.errorf(d.line(path+".listen.control"), path+".namespace",
+				"required when listen.control %q names no host: give the name clients use to reach this relay", r.Listen.Control)
+		} else {
+			r.Namespace = control.host
+		}
+	}
+
+	if r.TLS == nil && !seen["tls"] && !r.Insecure {
+		for _, a := range sortByLine(d, listen) {
+			if !a.loopback() {
+				d.errorf(d.line(a.field), path+".tls",
+					"required because %s %q is not a loopback address: add tls: {cert: FILE, key: FILE}, or set insecure: true to serve plain TCP anyway",
+					a.name(), a.text)
+				break
+			}
+		}
+	}
+
+	if len(r.Connections) == 0 && len(r.Keys) == 0 && !d.bad(path+".keys") && !d.bad(path+".connections") {
+		d.errorf(d.line(path), path, "no connections and no namespace keys: add connections, or keys covering every connection")
+	}
+	if len(r.Keys) == 0 {
+		for i, c := range r.Connections {
+			cp := index(path+".connections", i)
+			if len(c.Keys) == 0 && !d.bad(cp+".keys") {
+				d.errorf(d.line(cp), cp+".keys", "no keys here and none in %s.keys: nobody could use this connection", path)
+			}
+		}
+	}
+	return r
+}
+
+// sortByLine orders listen addresses as they appear in the file, defaults
+// last, so conflicts are reported on the later line.
+func sortByLine(d *decoder, as []listenAddr) []listenAddr {
+	out := append([]listenAddr(nil), as...)
+	key := func(a listenAddr) int {
+		if a.def {
+			return 1 << 30
+		}
+		return d.line(a.field)
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && key(out[j]) < key(out[j-1]); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+func (d *decoder) tls(path string, n *yaml.Node) *TLS {
+	t := &TLS{}
+	seen, ok := d.mapping(path, n, fields{
+		"cert": func(p string, v *yaml.Node) { t.Cert, _ = d.path(p, v, "tls") },
+		"key":  func(p string, v *yaml.Node) { t.Key, _ = d.path(p, v, "tls") },
+	})
+	if !ok {
+		return nil
+	}
+	for _, f := range []string{"cert", "key"} {
+		if !seen[f] {
+			d.errorf(d.line(path), child(path, f), "required")
+		}
+	}
+	return t
+}
+
+// keys decodes a list of key rules, names unique within it.
+func (d *decoder) keys(path string, n *yaml.Node) []Key {
+	items, ok := d.seq(path, n)
+	if !ok {
+		return nil
+	}
+	keys := make([]Key, 0, len(items))
+	names := map[string]int{}
+	for i, it := range items {
+		ip := index(path, i)
+		k := d.key(ip, it)
+		if k.Name != "" {
+			if l, dup := names[k.Name]; dup {
+				d.fieldErr(ip+".name", "duplicate key name %q (first at line %d)", k.Name, l)
+			} else {
+				names[k.Name] = d.line(ip + ".name")
+			}
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+var allRights = []string{RightListen, RightSend, RightManage}
+
+func (d *decoder) key(path string, n *yaml.Node) Key {
+	var k Key
+	raw := map[string]string{}
+	rawStr := func(name string) func(string, *yaml.Node) {
+		return func(p string, v *yaml.Node) {
+			if s, ok := d.str(p, v); ok {
+				raw[name] = s
+			}
+		}
+	}
+	seen, ok := d.mapping(path, n, fields{
+		"name":           func(p string, v *yaml.Node) { k.Name, _ = d.name(p, v, checkKeyName) },
+		"rights":         func(p string, v *yaml.Node) { k.Rights = d.rights(p, v) },
+		"primary":        rawStr("primary"),
+		"primary_file":   rawStr("primary_file"),
+		"secondary":      rawStr("secondary"),
+		"secondary_file": rawStr("secondary_file"),
+	})
+	if !ok {
+		return k
+	}
+	d.require(path, seen, "name", "rights")
+	k.Primary = d.secret(path, "primary", seen, raw, true)
+	k.Secondary = d.secret(path, "secondary", seen, raw, false)
+	return k
+}
+
+// require reports each of names missing from the mapping at path.
+func (d *decoder) require(path string, seen map[string]bool, names ...string) {
+	for _, f := range names {
+		if !seen[f] {
+			d.errorf(d.line(path), child(path, f), "required")
+		}
+	}
+}
+
+func (d *decoder) rights(path string, n *yaml.Node) []string {
+	var out []string
+	first := map[string]int{}
+	ok := d.strList(path, n, func(p, s string) {
+		if !d.checkOneOf(p, s, "right", "", allRights...) {
+			return
+		}
+		if l, dup := first[s]; dup {
+			d.fieldErr(p, "duplicate right %q (first at line %d)", s, l)
+			return
+		}
+		first[s] = d.line(p)
+		out = append(out, s)
+	})
+	if ok && len(first) == 0 && !d.badUnder(path) {
+		d.fieldErr(path, "want at least one of listen, send or manage")
+	}
+	return out
+}
+
+// badUnder reports whether an error was reported at or below field.
+func (d *decoder) badUnder(field string) bool {
+	for _, e := range d.errs {
+		if e.Field == field || strings.HasPrefix(e.Field, field+".") || strings.HasPrefix(e.Field, field+"[") {
+			return true
+		}
+	}
+	return false
+}
+
+// nameSet checks hybrid connection names for uniqueness (case-insensitively:
+// "Postgres" and "postgres" would be too easy to confuse in tokens and logs).
+type nameSet map[string]int
+
+func (d *decoder) uniqueName(seen nameSet, field, name string) {
+	if name == "" {
+		return
+	}
+	k := strings.ToLower(name)
+	if l, dup := seen[k]; dup {
+		d.fieldErr(field, "duplicate name %q (first at line %d; names are compared ignoring case)", name, l)
+		return
+	}
+	seen[k] = d.line(field)
+}
+
+func (d *decoder) relayConnections(path string, n *yaml.Node) []RelayConnection {
+	items, ok := d.seq(path, n)
+	if !ok {
+		return nil
+	}
+	out := make([]RelayConnection, 0, len(items))
+	seenNames := nameSet{}
+	for i, it := range items {
+		ip := index(path, i)
+		var c RelayConnection
+		seen, ok := d.mapping(ip, it, fields{
+			"name": func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
+			"keys": func(p string, v *yaml.Node) { c.Keys = d.keys(p, v) },
+		})
+		if ok {
+			d.require(ip, seen, "name")
+			d.uniqueName(seenNames, ip+".name", c.Name)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// relayEndpoint decodes one relay entry: a host alone or a mapping.
+func (d *decoder) relayEndpoint(path string, n *yaml.Node) RelayEndpoint {
+	e := RelayEndpoint{Control: DefaultControlPort, Data: DefaultDataPort, HTTP: DefaultHTTPPort}
+	tlsSet := false
+	v := deref(n)
+	switch {
+	case v == nil:
+		return e
+	case v.Kind == yaml.ScalarNode && v.ShortTag() == "!!str":
+		e.Host, _ = d.host(path, v)
+	case v.Kind == yaml.MappingNode:
+		port := func(dst *int) func(string, *yaml.Node) {
+			return func(p string, v *yaml.Node) {
+				if x, ok := d.port(p, v); ok {
+					*dst = x
+				}
+			}
+		}
+		seen, _ := d.mapping(path, v, fields{
+			"host":      func(p string, v *yaml.Node) { e.Host, _ = d.host(p, v) },
+			"control":   port(&e.Control),
+			"data":      port(&e.Data),
+			"http":      port(&e.HTTP),
+			"tls":       func(p string, v *yaml.Node) { e.TLS, tlsSet = d.boolean(p, v) },
+			"namespace": func(p string, v *yaml.Node) { e.Namespace, _ = d.host(p, v) },
+		})
+		d.require(path, seen, "host")
+	default:
+		d.typeErr(path, v, "a host name or a mapping {host, control, data, http, tls, namespace}")
+	}
+	if !tlsSet {
+		e.TLS = !isLoopbackHost(e.Host)
+	}
+	if e.Namespace == "" {
+		e.Namespace = e.Host
+	}
+	return e
+}
+
+// relayEndpoints decodes a list of relay entries, or (one) a single entry.
+func (d *decoder) relayEndpoints(path string, n *yaml.Node, one bool) []RelayEndpoint {
+	var out []RelayEndpoint
+	v := deref(n)
+	if v == nil {
+		return nil
+	}
+	if v.Kind != yaml.SequenceNode && one {
+		out = append(out, d.relayEndpoint(path, v))
+	} else {
+		items, ok := d.seq(path, v)
+		if !ok {
+			return nil
+		}
+		seen := map[string]string{}
+		for i, it := range items {
+			ip := index(path, i)
+			e := d.relayEndpoint(ip, it)
+			if e.Host != "" {
+				k := fmt.Sprintf("%s|%d", e.Host, e.Control)
+				if prev, dup := seen[k]; dup {
+					d.fieldErr(ip, "duplicate relay %q control port %d (same as %s)", e.Host, e.Control, prev)
+				} else {
+					seen[k] = ip
+				}
+			}
+			out = append(out, e)
+		}
+		if len(items) == 0 {
+			d.fieldErr(path, "want at least one relay")
+		}
+	}
+	return out
+}
+
+var transports = []string{TransportAuto, TransportTCP, TransportWebSocket}
+
+func (d *decoder) agent(path string, n *yaml.Node) *Agent {
+	a := &Agent{Transport: DefaultTransport}
+	var allow map[string]bool
+	seen, ok := d.mapping(path, n, fields{
+		"relays": func(p string, v *yaml.Node) {
+			if v = deref(v); v == nil {
+				return
+			}
+			if v.Kind != yaml.SequenceNode {
+				d.typeErr(p, v, "a list of relays (a host, or a mapping {host, control, data, http, tls, namespace})")
+				return
+			}
+			a.Relays = d.relayEndpoints(p, v, false)
+		},
+		"transport": func(p string, v *yaml.Node) {
+			if s, ok := d.oneOf(p, v, "transport", transports...); ok {
+				a.Transport = s
+			}
+		},
+		"allow": func(p string, v *yaml.Node) {
+			allow = map[string]bool{}
+			first := map[string]int{}
+			ok := d.strList(p, v, func(ip, s string) {
+				c, err := endpoint.Canonical(s)
+				if err != nil {
+					d.fieldErr(ip, "%v", err)
+					return
+				}
+				if l, dup := first[c]; dup {
+					d.fieldErr(ip, "duplicate endpoint %q (first at line %d)", c, l)
+					return
+				}
+				first[c] = d.line(ip)
+				allow[c] = true
+				a.Allow = append(a.Allow, c)
+			})
+			if ok && a.Allow == nil {
+				a.Allow = []string{}
+			}
+		},
+		"audit": func(p string, v *yaml.Node) { a.Audit, _ = d.path(p, v, "audit") },
+		"admin": func(p string, v *yaml.Node) {
+			if l, ok := d.listen(p, v); ok {
+				a.Admin = l.text
+			}
+		},
+		"proxy_url":   func(p string, v *yaml.Node) { a.ProxyURL, _ = d.proxyURL(p, v) },
+		"connections": func(p string, v *yaml.Node) { a.Connections = d.agentConnections(p, v) },
+	})
+	if !ok {
+		return a
+	}
+	d.require(path, seen, "relays")
+	if allow != nil && !d.bad(path+".allow") {
+		for i, c := range a.Connections {
+			ep := index(path+".connections", i) + ".endpoint"
+			if c.Endpoint != "" && !allow[c.Endpoint] {
+				d.fieldErr(ep, "%q is not in %s.allow", c.Endpoint, path)
+			}
+		}
+	}
+	return a
+}
+
+func (d *decoder) connKeyFields(f fields, keyName *string, raw map[string]string) {
+	f["key_name"] = func(p string, v *yaml.Node) { *keyName, _ = d.name(p, v, checkKeyName) }
+	for _, k := range []string{"key", "key_file"} {
+		f[k] = func(p string, v *yaml.Node) {
+			if s, ok := d.str(p, v); ok {
+				raw[k] = s
+			}
+		}
+	}
+}
+
+func (d *decoder) agentConnections(path string, n *yaml.Node) []AgentConnection {
+	items, ok := d.seq(path, n)
+	if !ok {
+		return nil
+	}
+	out := make([]AgentConnection, 0, len(items))
+	seenNames := nameSet{}
+	for i, it := range items {
+		ip := index(path, i)
+		var c AgentConnection
+		raw := map[string]string{}
+		f := fields{
+			"name":     func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
+			"endpoint": func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
+		}
+		d.connKeyFields(f, &c.KeyName, raw)
+		seen, ok := d.mapping(ip, it, f)
+		if ok {
+			d.require(ip, seen, "name", "endpoint", "key_name")
+			c.Key = d.secret(ip, "key", seen, raw, true)
+			d.uniqueName(seenNames, ip+".name", c.Name)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
+	x := &Proxy{Transport: DefaultTransport}
+	var listen []listenAddr
+	listenField := func(dst *string) func(string, *yaml.Node) {
+		return func(p string, v *yaml.Node) {
+			if l, ok := d.listen(p, v); ok {
+				*dst = l.text
+				listen = append(listen, l)
+			}
+		}
+	}
+	seen, ok := d.mapping(path, n, fields{
+		"relay": func(p string, v *yaml.Node) { x.Relays = d.relayEndpoints(p, v, true) },
+		"transport": func(p string, v *yaml.Node) {
+			if s, ok := d.oneOf(p, v, "transport", transports...); ok {
+				x.Transport = s
+			}
+		},
+		"socks":     listenField(&x.Socks),
+		"admin":     listenField(&x.Admin),
+		"proxy_url": func(p string, v *yaml.Node) { x.ProxyURL, _ = d.proxyURL(p, v) },
+		"connections": func(p string, v *yaml.Node) {
+			var ls []listenAddr
+			x.Connections, ls = d.proxyConnections(p, v)
+			listen = append(listen, ls...)
+		},
+	})
+	if !ok {
+		return x
+	}
+	d.require(path, seen, "relay")
+	d.checkListeners(sortByLine(d, listen))
+	return x
+}
+
+func (d *decoder) proxyConnections(path string, n *yaml.Node) ([]ProxyConnection, []listenAddr) {
+	items, ok := d.seq(path, n)
+	if !ok {
+		return nil, nil
+	}
+	out := make([]ProxyConnection, 0, len(items))
+	var listen []listenAddr
+	seenNames := nameSet{}
+	endpoints := map[string]int{}
+	for i, it := range items {
+		ip := index(path, i)
+		var c ProxyConnection
+		raw := map[string]string{}
+		f := fields{
+			"name":     func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
+			"endpoint": func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
+			"listen": func(p string, v *yaml.Node) {
+				if l, ok := d.listen(p, v); ok {
+					c.Listen = l.text
+					listen = append(listen, l)
+				}
+			},
+		}
+		d.connKeyFields(f, &c.KeyName, raw)
+		seen, ok := d.mapping(ip, it, f)
+		if ok {
+			d.require(ip, seen, "name", "key_name")
+			if !seen["endpoint"] && !seen["listen"] {
+				d.errorf(d.line(ip), ip, "needs listen (a local port forward), endpoint (for SOCKS), or both")
+			}
+			c.Key = d.secret(ip, "key", seen, raw, true)
+			d.uniqueName(seenNames, ip+".name", c.Name)
+			if c.Endpoint != "" {
+				ep := ip + ".endpoint"
+				if l, dup := endpoints[c.Endpoint]; dup {
+					d.fieldErr(ep, "duplicate endpoint %q (first at line %d): SOCKS could not tell the connections apart", c.Endpoint, l)
+				} else {
+					endpoints[c.Endpoint] = d.line(ep)
+				}
+			}
+		}
+		out = append(out, c)
+	}
+	return out, listen
+}
