@@ -31,9 +31,9 @@ const (
 
 // Proxy runs a proxy section.
 type Proxy struct {
-	log     hclog.Logger
-	cfg     *rules.Proxy
-	relays  []relay
+	log    hclog.Logger
+	cfg    *rules.Proxy
+	relays []relay
 	// Grace is how long live streams may go on after ctx is done; zero means DefaultGrace.
 	Grace time.Duration
 

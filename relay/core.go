@@ -108,12 +108,12 @@ type pending struct {
 }
 
 type activeStream struct {
-	id             StreamID
-	hc             string
-	sender, agent  net.Conn
-	senderKey      sas.Match
-	listenerKey    sas.Match
-	start          time.Time
+	id            StreamID
+	hc            string
+	sender, agent net.Conn
+	senderKey     sas.Match
+	listenerKey   sas.Match
+	start         time.Time
 }
 
 // NewCore returns a core with the given authentication rules.
@@ -541,4 +541,3 @@ func (c *Core) RunExpiry(ctx context.Context) {
 		}
 	}
 }
-

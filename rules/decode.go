@@ -144,7 +144,7 @@ func (d *decoder) typeErr(path string, n *yaml.Node, want string) {
 			hint = " (remove the quotes)"
 		case want == "true or false" && tag == "!!str" && (n.Value == "true" || n.Value == "false"):
 			hint = " (remove the quotes)"
-		case strings.HasPrefix(want, "a list") && tag == "!!null":
+		case want == "a list" && tag == "!!null":
 			hint = " (write [] for an empty list)"
 		}
 	}
@@ -166,6 +166,11 @@ func isDecimal(s string) bool {
 	}
 	return true
 }
+
+// mergeKey marks, in the seen set of a mapping, that it held an unsupported
+// merge key or a non-scalar key, so fields it may have meant to provide are
+// not reported as missing on top of that.
+const mergeKey = "<<"
 
 // mapping walks n as a mapping whose keys must be among fs, calling each
 // field's func in document order. It reports unknown keys (with a
@@ -192,6 +197,7 @@ func (d *decoder) mapping(path string, n *yaml.Node, fs fields) (seen map[string
 				what = "keys must be plain names, not " + describe(k)
 			}
 			d.errorf(k.Line, path, "%s", what)
+			seen[mergeKey] = true // what it would have brought is not missing
 			continue
 		}
 		name := k.Value

@@ -21,6 +21,10 @@ func section(n *yaml.Node) *yaml.Node {
 // root decodes the top-level mapping.
 func (d *decoder) root(n *yaml.Node) *Config {
 	cfg := &Config{File: d.file}
+	if v := deref(n); v != nil && v.Kind != yaml.MappingNode {
+		d.errorf(v.Line, "", "want a mapping of log, relay, agent and proxy sections, got %s", describe(v))
+		return cfg
+	}
 	seen, ok := d.mapping("", n, fields{
 		"log":   func(p string, v *yaml.Node) { cfg.Log = d.log(p, section(v)) },
 		"relay": func(p string, v *yaml.Node) { cfg.Relay = d.relay(p, section(v)) },
@@ -187,11 +191,7 @@ func (d *decoder) tls(path string, n *yaml.Node) *TLS {
 	if !ok {
 		return nil
 	}
-	for _, f := range []string{"cert", "key"} {
-		if !seen[f] {
-			d.errorf(d.line(path), child(path, f), "required")
-		}
-	}
+	d.require(path, seen, "cert", "key")
 	return t
 }
 
@@ -249,6 +249,9 @@ func (d *decoder) key(path string, n *yaml.Node) Key {
 
 // require reports each of names missing from the mapping at path.
 func (d *decoder) require(path string, seen map[string]bool, names ...string) {
+	if seen[mergeKey] {
+		return
+	}
 	for _, f := range names {
 		if !seen[f] {
 			d.errorf(d.line(path), child(path, f), "required")
@@ -565,7 +568,7 @@ func (d *decoder) proxyConnections(path string, n *yaml.Node) ([]ProxyConnection
 		seen, ok := d.mapping(ip, it, f)
 		if ok {
 			d.require(ip, seen, "name", "key_name")
-			if !seen["endpoint"] && !seen["listen"] {
+			if !seen["endpoint"] && !seen["listen"] && !seen[mergeKey] {
 				d.errorf(d.line(ip), ip, "needs listen (a local port forward), endpoint (for SOCKS), or both")
 			}
 			c.Key = d.secret(ip, "key", seen, raw, true)

@@ -361,7 +361,7 @@ func (d *decoder) secret(path, name string, seen map[string]bool, raw map[string
 		if d.checkKeyValue(fp, s, fmt.Sprintf(" (in %s)", full)) {
 			return s
 		}
-	case required:
+	case required && !seen[mergeKey]:
 		d.errorf(d.line(path), vp, "required (or %s)", fileKey)
 	}
 	return ""

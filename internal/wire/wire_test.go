@@ -1,0 +1,153 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hybridconn/hybrid/internal/status"
+)
+
+func sampleFrames() []Frame {
+	id := StreamID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+	return []Frame{
+		&Hello{Agent: "onprem-1", Version: "1.2.3"},
+		&Attach{HC: "postgres", Token: "SharedAccessSignature sr=x&sig=y&se=1&skn=k"},
+		&Detach{HC: "postgres"},
+		&Renew{HC: "sql/suffix", Token: "t"},
+		&Attached{HC: "postgres", Code: status.Forbidden, Msg: "no listen right"},
+		&Ping{Nonce: 1<<63 + 5},
+		&Pong{Nonce: 7},
+		&Accept{ID: id, HC: "postgres", Target: "db.corp.local:5432", SenderKey: "apps", SenderAddr: "10.0.0.1:5555"},
+		&Reject{ID: id, Code: status.Refused, Msg: "not published"},
+		&Open{HC: "postgres", Token: "tok", Target: ""},
+		&Join{ID: id, HC: "postgres", Token: "tok"},
+		&Result{Code: status.OK},
+		&Result{Code: status.Unreachable, Msg: "dial: refused"},
+		&Hello{}, // empty strings
+	}
+}
+
+// TestRoundTripPipe writes every frame type over net.Pipe and reads it back.
+func TestRoundTripPipe(t *testing.T) {
+	for _, f := range sampleFrames() {
+		t.Run(f.Type().String(), func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			defer b.Close()
+			errc := make(chan error, 1)
+			go func() { errc <- Write(a, f) }()
+			got, err := Read(b)
+			if err != nil {
+				t.Fatalf("Read: %v", err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			if !reflect.DeepEqual(got, f) {
+				t.Fatalf("got %#v, want %#v", got, f)
+			}
+		})
+	}
+}
+
+// TestReadDoesNotOverRead checks the property the data channel relies on:
+// bytes after a frame stay in the reader for the raw stream.
+func TestReadDoesNotOverRead(t *testing.T) {
+	buf := bytes.NewBufferString(Preface)
+	buf.Write(Append(nil, &Result{}))
+	buf.WriteString("raw bytes after the handshake")
+	if err := ReadPreface(buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if got := buf.String(); got != "raw bytes after the handshake" {
+		t.Fatalf("left %q", got)
+	}
+}
+
+func TestRejects(t *testing.T) {
+	hdr := func(typ Type, n uint32) []byte {
+		b := []byte{byte(typ), 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(b[1:], n)
+		return b
+	}
+	valid := Append(nil, &Open{HC: "postgres", Token: "tok", Target: "h:1"})
+	longStr := binary.BigEndian.AppendUint16(nil, MaxString+1)
+	longStr = append(longStr, strings.Repeat("x", MaxString+1)...)
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty", nil, io.EOF},
+		{"short header", []byte{byte(TypeOpen), 0}, io.ErrUnexpectedEOF},
+		{"truncated payload", valid[:len(valid)-1], io.ErrUnexpectedEOF},
+		{"oversize length", hdr(TypeOpen, MaxPayload+1), ErrTooLarge},
+		{"huge length", hdr(TypeOpen, 0xffffffff), ErrTooLarge},
+		{"unknown type", hdr(0x7f, 0), ErrUnknown},
+		{"field past payload", append(hdr(TypeDetach, 2), 0, 9), ErrMalformed},
+		{"trailing bytes", append(hdr(TypeDetach, 3), 0, 0, 1), ErrMalformed},
+		{"string over cap", append(hdr(TypeDetach, uint32(len(longStr))), longStr...), ErrMalformed},
+		{"unknown code", append(hdr(TypeResult, 3), 200, 0, 0), ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Read(bytes.NewReader(tt.in))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPreface(t *testing.T) {
+	for _, in := range []string{"GET / HTTP/1.1\r\n", "\x16\x03\x01\x02", "HYB\x02", ""} {
+		if err := ReadPreface(strings.NewReader(in)); err == nil {
+			t.Errorf("preface %q accepted", in)
+		}
+	}
+	if err := ReadPreface(strings.NewReader(Preface)); err != nil {
+		t.Errorf("valid preface refused: %v", err)
+	}
+}
+
+func TestAppendTruncatesLongStrings(t *testing.T) {
+	b := Append(nil, &Detach{HC: strings.Repeat("a", MaxString+10)})
+	f, err := Read(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("a frame we wrote was refused: %v", err)
+	}
+	if n := len(f.(*Detach).HC); n != MaxString {
+		t.Fatalf("len %d", n)
+	}
+}
+
+// FuzzRead feeds arbitrary bytes to the decoder: it must never panic, and
+// whatever it accepts must re-encode to a frame that decodes the same.
+func FuzzRead(f *testing.F) {
+	for _, fr := range sampleFrames() {
+		f.Add(Append(nil, fr))
+	}
+	f.Add([]byte{0x21, 0, 0, 0, 2, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		fr, err := Read(bytes.NewReader(in))
+		if err != nil {
+			return
+		}
+		again, err := Read(bytes.NewReader(Append(nil, fr)))
+		if err != nil {
+			t.Fatalf("re-encoded %s refused: %v", fr.Type(), err)
+		}
+		if !reflect.DeepEqual(fr, again) {
+			t.Fatalf("round trip changed %#v to %#v", fr, again)
+		}
+	})
+}
