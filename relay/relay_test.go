@@ -1,0 +1,353 @@
+package relay
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/hybridconn/hybrid/internal/relayclient"
+	"github.com/hybridconn/hybrid/internal/sas"
+	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/rules"
+)
+
+const (
+	sendKey   = "send-key-for-tests-only-000000000"
+	listenKey = "listen-key-for-tests-only-11111111"
+	ns        = "relay.test"
+)
+
+type testRelay struct {
+	srv    *Server
+	ep     rules.RelayEndpoint
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+
+// startRelay serves a relay with hybrid connections "pg" and "other" on
+// loopback listeners.
+func startRelay(t *testing.T) *testRelay {
+	t.Helper()
+	keys := []rules.Key{
+		{Name: "apps", Rights: []string{"send"}, Primary: sendKey},
+		{Name: "onprem", Rights: []string{"listen"}, Primary: listenKey},
+	}
+	cfg := &rules.Relay{Namespace: ns, Connections: []rules.RelayConnection{
+		{Name: "pg", Keys: keys}, {Name: "other", Keys: keys},
+	}}
+	l := &Listeners{Control: listen(t), Data: listen(t), HTTP: listen(t)}
+	cfg.Listen = rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()}
+	srv, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Grace = time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &testRelay{srv: srv, cancel: cancel, done: make(chan error, 1),
+		ep: rules.RelayEndpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), Namespace: ns}}
+	go func() { r.done <- srv.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Error("relay did not stop")
+		}
+	})
+	return r
+}
+
+func token(hc, keyName, key string) string {
+	return sas.NewToken(sas.ResourceURI(ns, hc), keyName, key, time.Now().Add(time.Hour))
+}
+
+// testAgent is a minimal agent: it serves each accepted stream with serve,
+// or rejects it when reject is set.
+type testAgent struct {
+	ctl    relayclient.Control
+	served chan string
+}
+
+func startAgent(t *testing.T, r *testRelay, hc string, serve func(net.Conn)) *testAgent {
+	t.Helper()
+	ctx := context.Background()
+	ctl, err := relayclient.New(r.ep).Listen(ctx, "test", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctl.Close() })
+	if err := ctl.Attach(ctx, hc, token(hc, "onprem", listenKey)); err != nil {
+		t.Fatal(err)
+	}
+	a := &testAgent{ctl: ctl, served: make(chan string, 100)}
+	go func() {
+		for ev := range ctl.Events() {
+			if ev.Accept == nil {
+				continue
+			}
+			acc := ev.Accept
+			if serve == nil {
+				ctl.Reject(acc.ID, status.Refused, "test says no")
+				continue
+			}
+			go func() {
+				c, err := ctl.Join(ctx, acc, token(acc.HC, "onprem", listenKey))
+				if err != nil {
+					return
+				}
+				a.served <- acc.Target
+				serve(c)
+			}()
+		}
+	}()
+	return a
+}
+
+func echo(c net.Conn) {
+	io.Copy(c, c)
+	c.(*net.TCPConn).CloseWrite()
+	c.Close()
+}
+
+func open(r *testRelay, hc, keyName, key, target string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return relayclient.New(r.ep).Open(ctx, hc, token(hc, keyName, key), target)
+}
+
+func TestStreamEchoWithHalfClose(t *testing.T) {
+	r := startRelay(t)
+	startAgent(t, r, "pg", echo)
+	c, err := open(r, "pg", "apps", sendKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := []byte("hello through the relay")
+	c.Write(msg)
+	c.(*net.TCPConn).CloseWrite() // our direction ends; the echo still comes back
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != string(msg) {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}
+
+// TestServerSpeaksFirst: a resource's greeting reaches a sender that has not
+// written anything.
+func TestServerSpeaksFirst(t *testing.T) {
+	r := startRelay(t)
+	startAgent(t, r, "pg", func(c net.Conn) {
+		c.Write([]byte("220 ready\r\n"))
+		io.Copy(io.Discard, c)
+		c.Close()
+	})
+	c, err := open(r, "pg", "apps", sendKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 11)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "220 ready\r\n" {
+		t.Fatalf("got %q, %v", buf, err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	r := startRelay(t)
+	startAgent(t, r, "pg", echo)
+	tests := []struct {
+		name, hc, keyName, key string
+		want                   status.Code
+	}{
+		{"unknown connection", "nope", "apps", sendKey, status.NotFound},
+		{"wrong key value", "pg", "apps", "not-the-send-key-0000000000000", status.Unauthorized},
+		{"unknown key name", "pg", "ghost", sendKey, status.Unauthorized},
+		{"listen key used to send", "pg", "onprem", listenKey, status.Forbidden},
+		{"no agent listening", "other", "apps", sendKey, status.NoListener},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := open(r, tt.hc, tt.keyName, tt.key, "")
+			if err == nil {
+				c.Close()
+				t.Fatal("stream opened")
+			}
+			if got := status.CodeOf(err); got != tt.want {
+				t.Fatalf("got %v (%v), want %v", got, err, tt.want)
+			}
+		})
+	}
+	t.Run("token for another connection", func(t *testing.T) {
+		tok := token("other", "apps", sendKey)
+		_, err := relayclient.New(r.ep).Open(context.Background(), "pg", tok, "")
+		if got := status.CodeOf(err); got != status.Forbidden {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("send key used to listen", func(t *testing.T) {
+		ctl, err := relayclient.New(r.ep).Listen(context.Background(), "x", "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ctl.Close()
+		err = ctl.Attach(context.Background(), "pg", token("pg", "apps", sendKey))
+		if got := status.CodeOf(err); got != status.Forbidden {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("agent rejects", func(t *testing.T) {
+		startAgent(t, r, "other", nil)
+		_, err := open(r, "other", "apps", sendKey, "10.0.0.1:22")
+		if got := status.CodeOf(err); got != status.Refused {
+			t.Fatalf("got %v", err)
+		}
+	})
+	// The relay still serves after every refusal.
+	c, err := open(r, "pg", "apps", sendKey, "")
+	if err != nil {
+		t.Fatalf("relay stopped serving: %v", err)
+	}
+	c.Close()
+}
+
+// TestFailoverAndSpread: two agents share a connection; streams alternate
+// between them, and when one goes every stream goes to the other.
+func TestFailoverAndSpread(t *testing.T) {
+	r := startRelay(t)
+	tag := func(name string) func(net.Conn) {
+		return func(c net.Conn) {
+			c.Write([]byte(name))
+			c.Close()
+		}
+	}
+	a1 := startAgent(t, r, "pg", tag("a1"))
+	startAgent(t, r, "pg", tag("a2"))
+	who := func() string {
+		c, err := open(r, "pg", "apps", sendKey, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	seen := map[string]int{}
+	for i := 0; i < 6; i++ {
+		seen[who()]++
+	}
+	if seen["a1"] != 3 || seen["a2"] != 3 {
+		t.Fatalf("streams not spread evenly: %v", seen)
+	}
+	a1.ctl.Close()
+	// The relay notices the closed channel; wait until it has detached it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.srv.core.mu.Lock()
+		n := len(r.srv.core.hcs["pg"].sessions)
+		r.srv.core.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("closed agent never detached")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < 4; i++ {
+		if got := who(); got != "a2" {
+			t.Fatalf("stream %d went to %q", i, got)
+		}
+	}
+}
+
+func TestJoinChecks(t *testing.T) {
+	r := startRelay(t)
+	ctx := context.Background()
+	ctl, err := relayclient.New(r.ep).Listen(ctx, "t", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	if err := ctl.Attach(ctx, "pg", token("pg", "onprem", listenKey)); err != nil {
+		t.Fatal(err)
+	}
+	openErr := make(chan error, 1)
+	go func() {
+		c, err := open(r, "pg", "apps", sendKey, "")
+		if c != nil {
+			c.Close()
+		}
+		openErr <- err
+	}()
+	ev := <-ctl.Events()
+	acc := *ev.Accept
+	bogus := acc
+	bogus.ID[0] ^= 0xff
+	if _, err := ctl.Join(ctx, &bogus, token("pg", "onprem", listenKey)); status.CodeOf(err) != status.NotFound {
+		t.Fatalf("join with a guessed id: %v", err)
+	}
+	if _, err := ctl.Join(ctx, &acc, token("pg", "apps", sendKey)); status.CodeOf(err) != status.Forbidden {
+		t.Fatalf("join with a send key: %v", err)
+	}
+	c, err := ctl.Join(ctx, &acc, token("pg", "onprem", listenKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := <-openErr; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.Join(ctx, &acc, token("pg", "onprem", listenKey)); status.CodeOf(err) != status.NotFound {
+		t.Fatalf("second join of a single-use id: %v", err)
+	}
+}
+
+func TestJoinTimeout(t *testing.T) {
+	r := startRelay(t)
+	r.srv.core.joinTimeout = 200 * time.Millisecond
+	ctx := context.Background()
+	ctl, err := relayclient.New(r.ep).Listen(ctx, "t", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	ctl.Attach(ctx, "pg", token("pg", "onprem", listenKey)) // never joins
+	_, err = open(r, "pg", "apps", sendKey, "")
+	if status.CodeOf(err) != status.Timeout {
+		t.Fatalf("got %v", err)
+	}
+	r.srv.core.mu.Lock()
+	n := len(r.srv.core.pending)
+	r.srv.core.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d pending streams left", n)
+	}
+}
+
+func TestListenPorts(t *testing.T) {
+	got := listenPorts(rules.RelayListen{Control: "127.0.0.1:5671", Data: ":9352", HTTP: "[::1]:8443"})
+	want := []int{5671, 9352, 8443}
+	for i := range want {
+		if i >= len(got) || got[i] != want[i] {
+			t.Fatalf("got %v", got)
+		}
+	}
+}
