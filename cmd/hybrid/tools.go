@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -36,18 +37,20 @@ Exit 0 when the file is valid, 1 otherwise.`,
 				}
 				return &exitError{exitConfig, errors.New("")}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d relay, %d agent, %d proxy section)\n", cfg.File,
-				b2i(cfg.Relay != nil), b2i(cfg.Agent != nil), b2i(cfg.Proxy != nil))
+			var sections []string
+			if cfg.Relay != nil {
+				sections = append(sections, fmt.Sprintf("relay with %d connections", len(cfg.Relay.Connections)))
+			}
+			if cfg.Agent != nil {
+				sections = append(sections, fmt.Sprintf("agent with %d connections", len(cfg.Agent.Connections)))
+			}
+			if cfg.Proxy != nil {
+				sections = append(sections, fmt.Sprintf("proxy with %d connections", len(cfg.Proxy.Connections)))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%s)\n", cfg.File, strings.Join(sections, "; "))
 			return nil
 		},
 	}
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func keysCommand() *cobra.Command {

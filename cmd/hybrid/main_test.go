@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hybridconn/hybrid/internal/sas"
+)
+
+func runArgs(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code = run(ctx, args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(`proxy:
+  relay: 127.0.0.1
+  connections:
+    - name: pg
+      listen: 127.0.0.2:5432
+      key_name: apps
+      key: "0123456789abcdef0123"
+      endpiont: 127.0.0.1:5432
+`), 0o600)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		out  string
+	}{
+		{"embedded default", []string{"check"}, 0, "ok"},
+		{"repo hybrid.yaml", []string{"check", "--config", "../../hybrid.yaml"}, 0, "ok"},
+		{"unknown field", []string{"check", "--config", bad}, 1, bad + ":8: proxy.connections[0].endpiont: "},
+		{"missing file", []string{"check", "--config", filepath.Join(dir, "nope.yaml")}, 1, "nope.yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errs := runArgs(t, tt.args...)
+			if code != tt.code || !strings.Contains(out+errs, tt.out) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errs, tt.code, tt.out)
+			}
+		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"frobnicate"},
+		{"relay", "extra-arg"},
+		{"keys", "token", "--uri", "sb://ns/hc"},
+		{"relay", "--no-such-flag"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			if code, out, errs := runArgs(t, args...); code != exitConfig {
+				t.Fatalf("exit %d (%s%s), want %d", code, out, errs, exitConfig)
+			}
+		})
+	}
+}
+
+func TestMissingSection(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "p.yaml")
+	os.WriteFile(f, []byte("proxy:\n  relay: 127.0.0.1\n  connections:\n    - {name: pg, listen: 127.0.0.2:1, key_name: a, key: \"0123456789abcdef0123\"}\n"), 0o600)
+	code, _, errs := runArgs(t, "relay", "--config", f)
+	if code != exitConfig || !strings.Contains(errs, "no relay section") {
+		t.Fatalf("exit %d, %q", code, errs)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	code, out, _ := runArgs(t, "keys", "new")
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out))
+	if code != 0 || err != nil || len(key) != 32 {
+		t.Fatalf("keys new: exit %d, %q", code, out)
+	}
+	k := strings.TrimSpace(out)
+	code, out, _ = runArgs(t, "keys", "token", "--uri", "sb://relay.example.com/postgres", "--key-name", "apps", "--key", k, "--ttl", "1h")
+	if code != 0 {
+		t.Fatalf("keys token: exit %d", code)
+	}
+	v := sas.Verifier{Namespace: "relay.example.com"}
+	m, err := v.Verify(strings.TrimSpace(out), "postgres", sas.Send, []sas.Rule{{Name: "apps", Rights: sas.Send, Primary: k}})
+	if err != nil {
+		t.Fatalf("minted token does not verify: %v\n%s", err, out)
+	}
+	if d := time.Until(m.Expiry); d < 59*time.Minute || d > 61*time.Minute {
+		t.Fatalf("expiry in %s, want 1h", d)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runArgs(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "hybrid ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("exit %d, %q", code, out)
+	}
+}
