@@ -23,6 +23,9 @@ type decoder struct {
 	errs  Errors         // problems found so far
 	lines map[string]int // field path -> line of its key (or list item)
 	nodes int            // values visited, against maxNodes
+	// errAt and errUnder hold the fields with an error, and those with an
+	// error at or below them, so checks can skip what is already reported.
+	errAt, errUnder map[string]bool
 }
 
 // fields maps the keys of a mapping to what decodes their value; each func is
@@ -31,7 +34,20 @@ type fields map[string]func(path string, v *yaml.Node)
 
 func (d *decoder) errorf(line int, field, format string, args ...any) {
 	d.errs = append(d.errs, Error{File: d.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
+	if d.errAt == nil {
+		d.errAt, d.errUnder = map[string]bool{}, map[string]bool{}
+	}
+	d.errAt[field] = true
+	for f := field; f != "" && !d.errUnder[f]; f = parentPath(f) {
+		d.errUnder[f] = true
+	}
 }
+
+// bad reports whether an error was reported at field.
+func (d *decoder) bad(field string) bool { return d.errAt[field] }
+
+// badUnder reports whether an error was reported at or below field.
+func (d *decoder) badUnder(field string) bool { return d.errUnder[field] }
 
 // fieldErr reports a problem at field's own line, or its nearest ancestor's.
 func (d *decoder) fieldErr(field, format string, args ...any) {
@@ -295,6 +311,11 @@ func (d *decoder) seq(path string, n *yaml.Node) ([]*yaml.Node, bool) {
 	}
 	if n.Kind != yaml.SequenceNode {
 		d.typeErr(path, n, "a list")
+		return nil, false
+	}
+	if d.nodes+len(n.Content) > maxNodes {
+		d.nodes = maxNodes
+		d.visit(n) // reports the budget error once
 		return nil, false
 	}
 	for i, it := range n.Content {

@@ -1,7 +1,10 @@
 package rules
 
 import (
+	"cmp"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -37,6 +40,7 @@ func (d *decoder) root(n *yaml.Node) *Config {
 	return cfg
 }
 
+// log decodes the log section; values are checked in finishLog.
 func (d *decoder) log(path string, n *yaml.Node) Log {
 	var l Log
 	d.mapping(path, n, fields{
@@ -71,20 +75,12 @@ func (d *decoder) finishLog(l *Log, levelEnv, formatEnv string) {
 	}
 }
 
-// bad reports whether an error was already reported at field.
-func (d *decoder) bad(field string) bool {
-	for _, e := range d.errs {
-		if e.Field == field {
-			return true
-		}
-	}
-	return false
-}
-
+// relay decodes and checks the relay section: listen defaults and conflicts,
+// the namespace default, the TLS requirement, and that some key exists.
 func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 	r := &Relay{}
 	var listen []listenAddr
-	listenField := func(name string, dst *string) func(string, *yaml.Node) {
+	listenField := func(dst *string) func(string, *yaml.Node) {
 		return func(p string, v *yaml.Node) {
 			if a, ok := d.listen(p, v); ok {
 				*dst = a.text
@@ -96,9 +92,9 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 		"namespace": func(p string, v *yaml.Node) { r.Namespace, _ = d.host(p, v) },
 		"listen": func(p string, v *yaml.Node) {
 			d.mapping(p, v, fields{
-				"control": listenField("control", &r.Listen.Control),
-				"data":    listenField("data", &r.Listen.Data),
-				"http":    listenField("http", &r.Listen.HTTP),
+				"control": listenField(&r.Listen.Control),
+				"data":    listenField(&r.Listen.Data),
+				"http":    listenField(&r.Listen.HTTP),
 			})
 		},
 		"tls":         func(p string, v *yaml.Node) { r.TLS = d.tls(p, v) },
@@ -167,21 +163,18 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 // sortByLine orders listen addresses as they appear in the file, defaults
 // last, so conflicts are reported on the later line.
 func sortByLine(d *decoder, as []listenAddr) []listenAddr {
-	out := append([]listenAddr(nil), as...)
+	out := slices.Clone(as)
 	key := func(a listenAddr) int {
 		if a.def {
-			return 1 << 30
+			return math.MaxInt
 		}
 		return d.line(a.field)
 	}
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && key(out[j]) < key(out[j-1]); j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+	slices.SortStableFunc(out, func(a, b listenAddr) int { return cmp.Compare(key(a), key(b)) })
 	return out
 }
 
+// tls decodes {cert, key}, both required, paths resolved.
 func (d *decoder) tls(path string, n *yaml.Node) *TLS {
 	t := &TLS{}
 	seen, ok := d.mapping(path, n, fields{
@@ -220,6 +213,7 @@ func (d *decoder) keys(path string, n *yaml.Node) []Key {
 
 var allRights = []string{RightListen, RightSend, RightManage}
 
+// key decodes one rule; its values may be literal, ${ENV} or *_file.
 func (d *decoder) key(path string, n *yaml.Node) Key {
 	var k Key
 	raw := map[string]string{}
@@ -259,6 +253,7 @@ func (d *decoder) require(path string, seen map[string]bool, names ...string) {
 	}
 }
 
+// rights decodes a non-empty list of distinct rights.
 func (d *decoder) rights(path string, n *yaml.Node) []string {
 	var out []string
 	first := map[string]int{}
@@ -279,20 +274,11 @@ func (d *decoder) rights(path string, n *yaml.Node) []string {
 	return out
 }
 
-// badUnder reports whether an error was reported at or below field.
-func (d *decoder) badUnder(field string) bool {
-	for _, e := range d.errs {
-		if e.Field == field || strings.HasPrefix(e.Field, field+".") || strings.HasPrefix(e.Field, field+"[") {
-			return true
-		}
-	}
-	return false
-}
-
 // nameSet checks hybrid connection names for uniqueness (case-insensitively:
 // "Postgres" and "postgres" would be too easy to confuse in tokens and logs).
 type nameSet map[string]int
 
+// uniqueName reports name at field if seen already holds it.
 func (d *decoder) uniqueName(seen nameSet, field, name string) {
 	if name == "" {
 		return
@@ -305,6 +291,7 @@ func (d *decoder) uniqueName(seen nameSet, field, name string) {
 	seen[k] = d.line(field)
 }
 
+// relayConnections decodes relay.connections.
 func (d *decoder) relayConnections(path string, n *yaml.Node) []RelayConnection {
 	items, ok := d.seq(path, n)
 	if !ok {
@@ -404,6 +391,7 @@ func (d *decoder) relayEndpoints(path string, n *yaml.Node, one bool) []RelayEnd
 
 var transports = []string{TransportAuto, TransportTCP, TransportWebSocket}
 
+// agent decodes and checks the agent section, including agent.allow.
 func (d *decoder) agent(path string, n *yaml.Node) *Agent {
 	a := &Agent{Transport: DefaultTransport}
 	var allow map[string]bool
@@ -468,6 +456,8 @@ func (d *decoder) agent(path string, n *yaml.Node) *Agent {
 	return a
 }
 
+// connKeyFields adds key_name, key and key_file to f: key and key_file are
+// kept raw for secret.
 func (d *decoder) connKeyFields(f fields, keyName *string, raw map[string]string) {
 	f["key_name"] = func(p string, v *yaml.Node) { *keyName, _ = d.name(p, v, checkKeyName) }
 	for _, k := range []string{"key", "key_file"} {
@@ -479,6 +469,7 @@ func (d *decoder) connKeyFields(f fields, keyName *string, raw map[string]string
 	}
 }
 
+// agentConnections decodes agent.connections.
 func (d *decoder) agentConnections(path string, n *yaml.Node) []AgentConnection {
 	items, ok := d.seq(path, n)
 	if !ok {
@@ -506,6 +497,7 @@ func (d *decoder) agentConnections(path string, n *yaml.Node) []AgentConnection 
 	return out
 }
 
+// proxy decodes and checks the proxy section, including listener conflicts.
 func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
 	x := &Proxy{Transport: DefaultTransport}
 	var listen []listenAddr
@@ -541,6 +533,8 @@ func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
 	return x
 }
 
+// proxyConnections decodes proxy.connections and returns their listen
+// addresses for the section-wide conflict check.
 func (d *decoder) proxyConnections(path string, n *yaml.Node) ([]ProxyConnection, []listenAddr) {
 	items, ok := d.seq(path, n)
 	if !ok {

@@ -1,0 +1,519 @@
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// Key values used in the tests (any string of 16+ characters is a valid key).
+const (
+	keyApps1   = "YXBwcy1wcmltYXJ5LWtleS0xMjM0NTY3ODkwYWJjZGVm"
+	keyApps2   = "YXBwcy1zZWNvbmRhcnkta2V5LTEyMzQ1Njc4OTBhYmNk"
+	keyOnprem  = "b25wcmVtLXByaW1hcnkta2V5LTEyMzQ1Njc4OTBhYmNk"
+	keySixteen = "0123456789abcdef"
+)
+
+// clearEnv neutralises overrides the environment running the tests may set;
+// viper treats an empty variable as unset.
+func clearEnv(t *testing.T) {
+	t.Helper()
+	t.Setenv("HYBRID_LOG_LEVEL", "")
+	t.Setenv("HYBRID_LOG_FORMAT", "")
+}
+
+// parseOK parses src as file and fails the test on any error.
+func parseOK(t *testing.T, file, src string) *Config {
+	t.Helper()
+	cfg, err := Parse(file, []byte(src))
+	if err != nil {
+		t.Fatalf("Parse: unexpected errors:\n%v", err)
+	}
+	return cfg
+}
+
+// The DESIGN.md example, with real keys.
+const designExample = `log:
+  level: info            # trace|debug|info|warn|error — live-reloadable
+  format: text           # text|json
+
+relay:
+  namespace: relay.example.com       # the host inside token resource URIs: sb://<namespace>/<hc>
+                                     # (default: the host of listen.control)
+  listen:
+    control: 127.0.0.1:5671          # native control channel
+    data: 127.0.0.1:9352             # native data channel (one TCP connection per stream)
+    http: 127.0.0.1:8080             # WebSocket fallback, /healthz, /metrics, status page (443 with tls in production)
+  tls: { cert: relay.crt, key: relay.key }   # required for non-loopback listen addresses unless insecure: true
+  connections:
+    - name: postgres
+      keys:
+        - { name: apps,  rights: [send],   primary: "` + keyApps1 + `", secondary: "` + keyApps2 + `" }
+        - { name: onprem, rights: [listen], primary: "` + keyOnprem + `" }
+
+agent:
+  relays:                            # every relay of the fleet; the agent attaches to each
+    - relay.example.com              # a host alone: ports 5671 (control), 9352 (data), 443 (https/WebSocket)
+    - { host: 127.0.0.1, control: 5671, data: 9352, http: 8080, tls: false, namespace: relay.example.com }
+                                     # tls: default true, except for loopback hosts
+                                     # namespace: host part of the token URIs this client mints; default: host
+  transport: auto                    # auto | tcp | websocket
+  allow: [127.0.0.1:5432]            # administrator's cap on what may ever be published (optional)
+  audit: audit.jsonl                 # one JSON line per open, close and denial
+  connections:
+    - name: postgres
+      endpoint: 127.0.0.1:5432
+      key_name: onprem
+      key: "` + keyOnprem + `"
+
+proxy:
+  relay: 127.0.0.1                   # same forms as agent.relays: one entry or a list
+  transport: auto
+  socks: 127.0.0.1:1080              # SOCKS5; targets are matched to connections by endpoint
+  connections:
+    - name: postgres
+      endpoint: 127.0.0.1:5432       # what the app's connection string names (used for SOCKS matching)
+      listen: 127.0.0.2:5432         # local port forward: same port, own loopback address
+      key_name: apps
+      key: "` + keyApps1 + `"
+`
+
+func TestParseDesignExample(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "hybrid.yaml")
+	got := parseOK(t, file, designExample)
+
+	want := &Config{
+		File: file,
+		Log:  Log{Level: "info", Format: "text"},
+		Relay: &Relay{
+			Namespace: "relay.example.com",
+			Listen:    RelayListen{Control: "127.0.0.1:5671", Data: "127.0.0.1:9352", HTTP: "127.0.0.1:8080"},
+			TLS:       &TLS{Cert: filepath.Join(dir, "relay.crt"), Key: filepath.Join(dir, "relay.key")},
+			Connections: []RelayConnection{{
+				Name: "postgres",
+				Keys: []Key{
+					{Name: "apps", Rights: []string{"send"}, Primary: keyApps1, Secondary: keyApps2},
+					{Name: "onprem", Rights: []string{"listen"}, Primary: keyOnprem},
+				},
+			}},
+		},
+		Agent: &Agent{
+			Relays: []RelayEndpoint{
+				{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"},
+				{Host: "127.0.0.1", Control: 5671, Data: 9352, HTTP: 8080, TLS: false, Namespace: "relay.example.com"},
+			},
+			Transport: "auto",
+			Allow:     []string{"127.0.0.1:5432"},
+			Audit:     filepath.Join(dir, "audit.jsonl"),
+			Connections: []AgentConnection{
+				{Name: "postgres", Endpoint: "127.0.0.1:5432", KeyName: "onprem", Key: keyOnprem},
+			},
+		},
+		Proxy: &Proxy{
+			Relays:    []RelayEndpoint{{Host: "127.0.0.1", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "127.0.0.1"}},
+			Transport: "auto",
+			Socks:     "127.0.0.1:1080",
+			Connections: []ProxyConnection{
+				{Name: "postgres", Endpoint: "127.0.0.1:5432", Listen: "127.0.0.2:5432", KeyName: "apps", Key: keyApps1},
+			},
+		},
+	}
+	assertConfig(t, got, want)
+
+	// Lines are kept for runtime messages.
+	for field, line := range map[string]int{
+		"relay.connections[0].keys[1].rights[0]": 17,
+		"proxy.connections[0].listen":            41,
+		"agent.relays[1]":                        22,
+		"agent.relays[1].http":                   22,
+		"relay.listen":                           8,
+		"relay.keys":                             5, // absent: falls back to relay
+		"nosuch":                                 0,
+	} {
+		if l := got.Line(field); l != line {
+			t.Errorf("Line(%q) = %d, want %d", field, l, line)
+		}
+	}
+}
+
+// assertConfig compares configs, ignoring the line table.
+func assertConfig(t *testing.T, got, want *Config) {
+	t.Helper()
+	g := *got
+	g.lines = nil
+	if !reflect.DeepEqual(&g, want) {
+		t.Errorf("config mismatch\n got: %s\nwant: %s", dump(&g), dump(want))
+	}
+}
+
+func dump(c *Config) string {
+	s := fmt.Sprintf("%s %+v", c.File, c.Log)
+	if c.Relay != nil {
+		s += fmt.Sprintf("\n  relay %+v", *c.Relay)
+		if c.Relay.TLS != nil {
+			s += fmt.Sprintf(" tls %+v", *c.Relay.TLS)
+		}
+	}
+	if c.Agent != nil {
+		s += fmt.Sprintf("\n  agent %+v", *c.Agent)
+	}
+	if c.Proxy != nil {
+		s += fmt.Sprintf("\n  proxy %+v", *c.Proxy)
+	}
+	return s
+}
+
+func TestDefaults(t *testing.T) {
+	clearEnv(t)
+	const src = `relay:
+  keys: [{name: root, rights: [manage], primary: "` + keySixteen + `"}]
+agent:
+  relays: [relay.example.com]
+proxy:
+  relay: relay.example.com
+`
+	got := parseOK(t, "hybrid.yaml", src)
+	want := &Config{
+		File: "hybrid.yaml",
+		Log:  Log{Level: "info", Format: "text"},
+		Relay: &Relay{
+			Namespace: "127.0.0.1",
+			Listen:    RelayListen{Control: "127.0.0.1:5671", Data: "127.0.0.1:9352", HTTP: "127.0.0.1:8080"},
+			Keys:      []Key{{Name: "root", Rights: []string{"manage"}, Primary: keySixteen}},
+		},
+		Agent: &Agent{
+			Relays:    []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
+			Transport: "auto",
+		},
+		Proxy: &Proxy{
+			Relays:    []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
+			Transport: "auto",
+		},
+	}
+	assertConfig(t, got, want)
+	if got.Agent.Allow != nil {
+		t.Errorf("Allow = %#v, want nil (no cap)", got.Agent.Allow)
+	}
+}
+
+func TestValidVariants(t *testing.T) {
+	clearEnv(t)
+	tests := []struct {
+		name  string
+		src   string
+		check func(t *testing.T, c *Config)
+	}{
+		{
+			name: "insecure allows public listeners without tls",
+			src: `relay:
+  namespace: Relay.Example.COM.
+  insecure: true
+  listen: {control: "0.0.0.0:5671", data: "[::]:9352", http: ":0"}
+  keys: [{name: root, rights: [manage], primary: "` + keySixteen + `"}]
+`,
+			check: func(t *testing.T, c *Config) {
+				want := RelayListen{Control: "0.0.0.0:5671", Data: "[::]:9352", HTTP: ":0"}
+				if c.Relay.Listen != want || c.Relay.Namespace != "relay.example.com" || !c.Relay.Insecure {
+					t.Errorf("relay = %+v", c.Relay)
+				}
+			},
+		},
+		{
+			name: "tls allows public listeners",
+			src: `relay:
+  namespace: relay.example.com
+  listen: {control: "0.0.0.0:5671", data: "0.0.0.0:9352", http: "0.0.0.0:443"}
+  tls: {cert: /etc/hybrid/relay.crt, key: /etc/hybrid/../hybrid/relay.key}
+  keys: [{name: root, rights: [manage], primary: "` + keySixteen + `"}]
+`,
+			check: func(t *testing.T, c *Config) {
+				if *c.Relay.TLS != (TLS{Cert: "/etc/hybrid/relay.crt", Key: "/etc/hybrid/relay.key"}) {
+					t.Errorf("tls = %+v", c.Relay.TLS)
+				}
+			},
+		},
+		{
+			name: "port zero listeners do not conflict",
+			src: `relay:
+  listen: {control: "127.0.0.1:0", data: "127.0.0.1:0", http: "127.0.0.1:0"}
+  keys: [{name: root, rights: [manage], primary: "` + keySixteen + `"}]
+`,
+			check: func(t *testing.T, c *Config) {
+				if c.Relay.Namespace != "127.0.0.1" {
+					t.Errorf("namespace = %q", c.Relay.Namespace)
+				}
+			},
+		},
+		{
+			name: "aliases",
+			src: `relay:
+  keys:
+    - &root {name: root, rights: [manage], primary: &k "` + keySixteen + `"}
+  connections:
+    - {name: a, keys: [*root]}
+agent:
+  relays: [relay.example.com]
+  connections:
+    - {name: a, endpoint: "db:1", key_name: root, key: *k}
+`,
+			check: func(t *testing.T, c *Config) {
+				if c.Relay.Connections[0].Keys[0].Primary != keySixteen || c.Agent.Connections[0].Key != keySixteen {
+					t.Errorf("aliases not followed: %+v %+v", c.Relay, c.Agent)
+				}
+			},
+		},
+		{
+			name: "canonical endpoints and names with slashes",
+			src: `agent:
+  relays: [relay.example.com]
+  allow: ["DB.Example.com.:5432", "[::FFFF:10.0.0.1]:22"]
+  admin: "[::1]:9000"
+  proxy_url: http://user:pw@proxy.corp:3128
+  connections:
+    - {name: team/db.main_1, endpoint: "db.example.COM:5432", key_name: k, key: "` + keySixteen + `"}
+    - {name: ssh, endpoint: "10.0.0.1:22", key_name: k, key: "` + keySixteen + `"}
+`,
+			check: func(t *testing.T, c *Config) {
+				a := c.Agent
+				if !reflect.DeepEqual(a.Allow, []string{"db.example.com:5432", "10.0.0.1:22"}) ||
+					a.Connections[0].Endpoint != "db.example.com:5432" || a.Connections[0].Name != "team/db.main_1" ||
+					a.Admin != "[::1]:9000" || a.ProxyURL != "http://user:pw@proxy.corp:3128" {
+					t.Errorf("agent = %+v", a)
+				}
+			},
+		},
+		{
+			name: "empty allow is a cap that allows nothing",
+			src: `agent:
+  relays: [relay.example.com]
+  allow: []
+`,
+			check: func(t *testing.T, c *Config) {
+				if c.Agent.Allow == nil || len(c.Agent.Allow) != 0 {
+					t.Errorf("allow = %#v, want empty non-nil", c.Agent.Allow)
+				}
+			},
+		},
+		{
+			name: "empty relay section is reported, not ignored; empty log section is fine",
+			src: `log:
+agent:
+  relays: [relay.example.com]
+  transport: websocket
+`,
+			check: func(t *testing.T, c *Config) {
+				if c.Log != (Log{Level: "info", Format: "text"}) || c.Agent.Transport != "websocket" {
+					t.Errorf("log = %+v, agent = %+v", c.Log, c.Agent)
+				}
+			},
+		},
+		{
+			name: "proxy listen without endpoint and endpoint without listen",
+			src: `proxy:
+  relay: [relay.example.com]
+  socks: 127.0.0.1:1080
+  admin: 127.0.0.1:9001
+  connections:
+    - {name: a, listen: "127.0.0.2:5432", key_name: k, key: "` + keySixteen + `"}
+    - {name: b, endpoint: "db:5432", key_name: k, key: "` + keySixteen + `"}
+    - {name: c, listen: "localhost:0", key_name: k, key: "` + keySixteen + `"}
+    - {name: d, listen: "127.0.0.1:0", key_name: k, key: "` + keySixteen + `"}
+`,
+			check: func(t *testing.T, c *Config) {
+				p := c.Proxy
+				if p.Connections[0].Endpoint != "" || p.Connections[1].Listen != "" || p.Connections[2].Listen != "localhost:0" {
+					t.Errorf("proxy = %+v", p)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.check(t, parseOK(t, "hybrid.yaml", tt.src))
+		})
+	}
+}
+
+func TestRelayEndpointForms(t *testing.T) {
+	clearEnv(t)
+	tests := []struct {
+		name  string
+		proxy string // the value of proxy.relay
+		want  []RelayEndpoint
+	}{
+		{"single scalar", `relay.example.com`,
+			[]RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}}},
+		{"single mapping", `{host: relay.example.com, http: 8443, namespace: ns.example.com}`,
+			[]RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 8443, TLS: true, Namespace: "ns.example.com"}}},
+		{"list of both", `[a.example.com, {host: b.example.com, control: 1, data: 2, http: 3, tls: false}]`,
+			[]RelayEndpoint{
+				{Host: "a.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "a.example.com"},
+				{Host: "b.example.com", Control: 1, Data: 2, HTTP: 3, TLS: false, Namespace: "b.example.com"},
+			}},
+		{"same host, other control port", `[a.example.com, {host: a.example.com, control: 15671}]`,
+			[]RelayEndpoint{
+				{Host: "a.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "a.example.com"},
+				{Host: "a.example.com", Control: 15671, Data: 9352, HTTP: 443, TLS: true, Namespace: "a.example.com"},
+			}},
+		{"loopback v4 defaults to plain", `127.0.0.9`,
+			[]RelayEndpoint{{Host: "127.0.0.9", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "127.0.0.9"}}},
+		{"loopback v6 defaults to plain", `"::1"`,
+			[]RelayEndpoint{{Host: "::1", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "::1"}}},
+		{"bracketed v6", `"[::1]"`,
+			[]RelayEndpoint{{Host: "::1", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "::1"}}},
+		{"localhost defaults to plain", `LocalHost.`,
+			[]RelayEndpoint{{Host: "localhost", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "localhost"}}},
+		{"loopback with explicit tls", `{host: 127.0.0.1, tls: true}`,
+			[]RelayEndpoint{{Host: "127.0.0.1", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "127.0.0.1"}}},
+		{"private address defaults to tls", `10.1.2.3`,
+			[]RelayEndpoint{{Host: "10.1.2.3", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "10.1.2.3"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := parseOK(t, "hybrid.yaml", "proxy:\n  relay: "+tt.proxy+"\n")
+			if !reflect.DeepEqual(c.Proxy.Relays, tt.want) {
+				t.Errorf("proxy relays = %+v\nwant %+v", c.Proxy.Relays, tt.want)
+			}
+			// agent.relays takes the same entries, but only as a list.
+			src := "agent:\n  relays: " + tt.proxy + "\n"
+			if !strings.HasPrefix(tt.proxy, "[") {
+				src = "agent:\n  relays: [" + tt.proxy + "]\n"
+			}
+			c = parseOK(t, "hybrid.yaml", src)
+			if !reflect.DeepEqual(c.Agent.Relays, tt.want) {
+				t.Errorf("agent relays = %+v\nwant %+v", c.Agent.Relays, tt.want)
+			}
+		})
+	}
+}
+
+func TestLogEnvOverride(t *testing.T) {
+	tests := []struct {
+		name          string
+		src           string
+		level, format string // environment
+		want          Log
+		wantErr       string
+	}{
+		{"no override", "log: {level: warn}\nproxy: {relay: r.example.com}\n", "", "", Log{"warn", "text"}, ""},
+		{"level", "log: {level: warn}\nproxy: {relay: r.example.com}\n", "debug", "", Log{"debug", "text"}, ""},
+		{"both without log section", "proxy: {relay: r.example.com}\n", "trace", "json", Log{"trace", "json"}, ""},
+		{"bad level from env", "log: {level: info}\nproxy: {relay: r.example.com}\n", "warning", "", Log{}, `hybrid.yaml:1: log.level: unknown level "warning" from HYBRID_LOG_LEVEL (want trace, debug, info, warn or error)`},
+		{"bad format from env, no log section", "proxy: {relay: r.example.com}\n", "", "JSON", Log{}, `hybrid.yaml: log.format: unknown format "JSON" from HYBRID_LOG_FORMAT (want text or json)`},
+		{"env fixes nothing in a broken file", "log: {level: warning}\nproxy: {relay: r.example.com}\n", "", "", Log{}, `hybrid.yaml:1: log.level: unknown level "warning" (want trace, debug, info, warn or error)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("HYBRID_LOG_LEVEL", tt.level)
+			t.Setenv("HYBRID_LOG_FORMAT", tt.format)
+			c, err := Parse("hybrid.yaml", []byte(tt.src))
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("err = %v\nwant %s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Log != tt.want {
+				t.Errorf("log = %+v, want %+v", c.Log, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	t.Run("valid", func(t *testing.T) {
+		file := filepath.Join(dir, "hybrid.yaml")
+		if err := os.WriteFile(file, []byte(designExample), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.File != file || c.Agent.Audit != filepath.Join(dir, "audit.jsonl") {
+			t.Errorf("File = %q, Audit = %q", c.File, c.Agent.Audit)
+		}
+	})
+	t.Run("missing file", func(t *testing.T) {
+		file := filepath.Join(dir, "nope.yaml")
+		_, err := Load(file)
+		var e Error
+		if !errors.As(err, &e) || e.Line != 0 || e.File != file || !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("err = %#v", err)
+		}
+		if want := file + ": cannot read config: no such file or directory"; err.Error() != want {
+			t.Errorf("err = %q, want %q", err, want)
+		}
+	})
+	t.Run("problems are Errors", func(t *testing.T) {
+		file := filepath.Join(dir, "bad.yaml")
+		if err := os.WriteFile(file, []byte("proxy:\n  relay: r.example.com\n  trasnport: tcp\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(file)
+		var es Errors
+		if c != nil || !errors.As(err, &es) || len(es) != 1 || es[0].Line != 3 || es[0].Field != "proxy.trasnport" {
+			t.Fatalf("c = %v, err = %#v", c, err)
+		}
+		var e Error
+		if !errors.As(err, &e) || e.Line != 3 {
+			t.Errorf("errors.As(Error) = %#v", e)
+		}
+	})
+}
+
+func TestKeyAllows(t *testing.T) {
+	tests := []struct {
+		rights               []string
+		listen, send, manage bool
+	}{
+		{[]string{"listen"}, true, false, false},
+		{[]string{"send"}, false, true, false},
+		{[]string{"listen", "send"}, true, true, false},
+		{[]string{"manage"}, true, true, true},
+		{nil, false, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.rights, "+"), func(t *testing.T) {
+			k := Key{Rights: tt.rights}
+			if k.Allows(RightListen) != tt.listen || k.Allows(RightSend) != tt.send || k.Allows(RightManage) != tt.manage {
+				t.Errorf("Allows: listen %v send %v manage %v", k.Allows(RightListen), k.Allows(RightSend), k.Allows(RightManage))
+			}
+		})
+	}
+}
+
+func TestErrorFormat(t *testing.T) {
+	tests := []struct {
+		e    Error
+		want string
+	}{
+		{Error{File: "h.yaml", Line: 12, Field: "a.b[0]", Msg: "bad"}, "h.yaml:12: a.b[0]: bad"},
+		{Error{File: "h.yaml", Line: 3, Msg: "invalid YAML: x"}, "h.yaml:3: invalid YAML: x"},
+		{Error{File: "h.yaml", Field: "log.level", Msg: "bad"}, "h.yaml: log.level: bad"},
+		{Error{File: "h.yaml", Msg: "empty"}, "h.yaml: empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			if got := tt.e.Error(); got != tt.want {
+				t.Errorf("got %q", got)
+			}
+		})
+	}
+	es := Errors{tests[0].e, tests[1].e}
+	if got, want := es.Error(), "h.yaml:12: a.b[0]: bad\nh.yaml:3: invalid YAML: x"; got != want {
+		t.Errorf("Errors.Error() = %q, want %q", got, want)
+	}
+}
