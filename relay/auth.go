@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
@@ -66,26 +67,52 @@ func listenPorts(l rules.RelayListen) []int {
 
 type authState struct{ *Auth }
 
+// Grant records what authenticated a session's attachment or a stream's
+// side, so that after a reload the relay can tell whether it still holds.
+type Grant struct {
+	HC     string
+	Rule   string     // the key (rule) name
+	value  string     // the key value that signed the token
+	Need   sas.Rights // the right it was used for
+	Expiry time.Time  // the token's expiry
+}
+
 // verify maps the SAS verdict onto status codes: a bad or unknown token is
 // Unauthorized, a valid token for the wrong resource or right is Forbidden.
-func (a *authState) verify(hc, token string, need sas.Rights) (sas.Match, error) {
+func (a *authState) verify(hc, token string, need sas.Rights) (Grant, error) {
 	if a == nil || a.Auth == nil {
-		return sas.Match{}, status.Errorf(status.Internal, "no rules loaded")
+		return Grant{}, status.Errorf(status.Internal, "no rules loaded")
 	}
 	rs, ok := a.connections[hc]
 	if !ok {
-		return sas.Match{}, status.Errorf(status.NotFound, "no hybrid connection named %q", hc)
+		return Grant{}, status.Errorf(status.NotFound, "no hybrid connection named %q", hc)
 	}
 	if token == "" {
-		return sas.Match{}, status.Errorf(status.Unauthorized, "no token")
+		return Grant{}, status.Errorf(status.Unauthorized, "no token")
 	}
 	m, err := a.verifier.Verify(token, hc, need, rs)
 	switch {
 	case err == nil:
-		return m, nil
+		r := rs[m.Index]
+		g := Grant{HC: hc, Rule: m.Rule, value: r.Primary, Need: need, Expiry: m.Expiry}
+		if m.Secondary {
+			g.value = r.Secondary
+		}
+		return g, nil
 	case errors.Is(err, sas.ErrWrongResource), errors.Is(err, sas.ErrNoRight):
-		return m, &status.Error{Code: status.Forbidden, Msg: err.Error()}
+		return Grant{}, &status.Error{Code: status.Forbidden, Msg: err.Error()}
 	default:
-		return m, &status.Error{Code: status.Unauthorized, Msg: err.Error()}
+		return Grant{}, &status.Error{Code: status.Unauthorized, Msg: err.Error()}
 	}
+}
+
+// holds reports whether g is still granted by these rules: the connection
+// exists and a rule of the same name still has the same value and the right.
+func (a *Auth) holds(g Grant) bool {
+	for _, r := range a.connections[g.HC] {
+		if r.Name == g.Rule && r.Rights.Has(g.Need) && g.value != "" && (r.Primary == g.value || r.Secondary == g.value) {
+			return true
+		}
+	}
+	return false
 }

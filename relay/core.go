@@ -101,18 +101,23 @@ type hcListeners struct {
 
 type pending struct {
 	req     OpenRequest
-	match   sas.Match
+	grant   Grant
 	session *Session
-	joined  chan Peer // buffered 1
+	joined  chan joined // buffered 1
 	failed  chan error
+}
+
+type joined struct {
+	peer  Peer
+	grant Grant
 }
 
 type activeStream struct {
 	id            StreamID
 	hc            string
 	sender, agent net.Conn
-	senderKey     sas.Match
-	listenerKey   sas.Match
+	senderGrant   Grant
+	listenerGrant Grant
 	start         time.Time
 }
 
@@ -130,15 +135,20 @@ func NewCore(log hclog.Logger, a *Auth) *Core {
 	return c
 }
 
-// SetAuth replaces the authentication rules.
-func (c *Core) SetAuth(a *Auth) { c.auth.Store(&authState{Auth: a}) }
+// SetAuth replaces the authentication rules. Every attachment and stream
+// whose key (or key value, or connection) is gone ends at once: revocation
+// is immediate, not at token expiry.
+func (c *Core) SetAuth(a *Auth) {
+	c.auth.Store(&authState{Auth: a})
+	c.sweep(a.holds, true, status.Errorf(status.Unauthorized, "key revoked or connection removed"))
+}
 
 // Stats returns the core's counters.
 func (c *Core) Stats() *Stats { return &c.stats }
 
 // NewSession registers an agent's control channel.
 func (c *Core) NewSession(conn ListenerConn, remote, agent string) (*Session, error) {
-	s := &Session{core: c, conn: conn, remote: remote, agent: agent, attached: map[string]sas.Match{}}
+	s := &Session{core: c, conn: conn, remote: remote, agent: agent, attached: map[string]Grant{}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -154,7 +164,7 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	if req.HC == "" {
 		return nil, status.Errorf(status.BadRequest, "no hybrid connection named")
 	}
-	match, err := c.authorize(req.HC, req.Token, sas.Send, req.Remote)
+	grant, err := c.authorize(req.HC, req.Token, sas.Send, req.Remote)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +172,7 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, status.Errorf(status.Internal, "stream id: %v", err)
 	}
-	p := &pending{req: req, match: match, joined: make(chan Peer, 1), failed: make(chan error, 1)}
+	p := &pending{req: req, grant: grant, joined: make(chan joined, 1), failed: make(chan error, 1)}
 
 	c.mu.Lock()
 	if c.closing {
@@ -183,8 +193,8 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 			// value is (or is about to be) in a channel. Don't leak the conn.
 			go func() {
 				select {
-				case peer := <-p.joined:
-					peer.Conn.Close()
+				case j := <-p.joined:
+					j.peer.Conn.Close()
 				case <-p.failed:
 				}
 			}()
@@ -195,7 +205,7 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 		delivered = true // never announced: nothing can claim it
 		return nil, status.Errorf(status.NoListener, "no agent is listening for %q", req.HC)
 	}
-	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: match.Rule, SenderAddr: req.Remote}
+	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote}
 	var notified *Session
 	for _, s := range cands { // failover: the first agent that takes the notice
 		if err := s.conn.Accept(acc); err != nil {
@@ -216,9 +226,9 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	t := time.NewTimer(c.joinTimeout)
 	defer t.Stop()
 	select {
-	case peer := <-p.joined:
+	case j := <-p.joined:
 		delivered = true
-		return &Pairing{ID: id, HC: req.HC, Agent: peer, senderKey: match, listenerKey: notified.match(req.HC)}, nil
+		return &Pairing{ID: id, HC: req.HC, Agent: j.peer, senderGrant: grant, listenerGrant: j.grant}, nil
 	case err := <-p.failed:
 		delivered = true
 		return nil, err
@@ -235,13 +245,14 @@ type Pairing struct {
 	HC    string
 	Agent Peer
 
-	senderKey, listenerKey sas.Match
+	senderGrant, listenerGrant Grant
 }
 
 // Join hands an agent's data connection to the stream it was notified of.
 // On success the core owns peer.Conn.
 func (c *Core) Join(id StreamID, hc, token string, peer Peer) error {
-	if _, err := c.authorize(hc, token, sas.Listen, peer.Addr); err != nil {
+	grant, err := c.authorize(hc, token, sas.Listen, peer.Addr)
+	if err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -253,7 +264,7 @@ func (c *Core) Join(id StreamID, hc, token string, peer Peer) error {
 	if p == nil || p.req.HC != hc {
 		return status.Errorf(status.NotFound, "no pending stream %s for %q (expired or already joined)", id, hc)
 	}
-	p.joined <- peer
+	p.joined <- joined{peer: peer, grant: grant}
 	return nil
 }
 
@@ -277,7 +288,7 @@ func (c *Core) reject(s *Session, id StreamID, err error) {
 func (c *Core) Splice(pr *Pairing, sender Peer) {
 	log := c.log.With("hc", pr.HC, "stream", pr.ID.String())
 	st := &activeStream{id: pr.ID, hc: pr.HC, sender: sender.Conn, agent: pr.Agent.Conn,
-		senderKey: pr.senderKey, listenerKey: pr.listenerKey, start: time.Now()}
+		senderGrant: pr.senderGrant, listenerGrant: pr.listenerGrant, start: time.Now()}
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -366,7 +377,7 @@ func (c *Core) candidatesLocked(hc string) []*Session {
 	return out
 }
 
-func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (sas.Match, error) {
+func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (Grant, error) {
 	a := c.auth.Load()
 	m, err := a.verify(hc, token, need)
 	if err != nil {
@@ -385,7 +396,7 @@ type Session struct {
 
 	mu       sync.Mutex
 	closed   bool
-	attached map[string]sas.Match
+	attached map[string]Grant
 }
 
 // Remote returns the agent's address.
@@ -497,34 +508,50 @@ func (s *Session) Close() {
 	}
 }
 
-func (s *Session) match(hc string) sas.Match {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.attached[hc]
+// expireTokens detaches every attachment whose token lapsed. Streams live
+// on: as in Azure, a token is checked when a stream opens.
+func (c *Core) expireTokens(now time.Time) {
+	c.sweep(func(g Grant) bool { return g.Expiry.IsZero() || now.Before(g.Expiry) }, false,
+		status.Errorf(status.Unauthorized, "token expired"))
 }
 
-// expireTokens detaches every attachment whose token lapsed.
-func (c *Core) expireTokens(now time.Time) {
+// sweep ends every attachment, and with streams every stream, whose grant
+// fails ok.
+func (c *Core) sweep(ok func(Grant) bool, streams bool, why *status.Error) {
 	type lapse struct {
 		s  *Session
 		hc string
 	}
 	var lapsed []lapse
+	var cut []*activeStream
 	c.mu.Lock()
 	for s := range c.sessions {
 		s.mu.Lock()
-		for hc, m := range s.attached {
-			if !m.Expiry.IsZero() && !now.Before(m.Expiry) {
+		for hc, g := range s.attached {
+			if !ok(g) {
 				s.detachLocked(hc)
 				lapsed = append(lapsed, lapse{s, hc})
 			}
 		}
 		s.mu.Unlock()
 	}
+	if streams {
+		for st := range c.streams {
+			if !ok(st.senderGrant) || !ok(st.listenerGrant) {
+				cut = append(cut, st)
+			}
+		}
+	}
 	c.mu.Unlock()
 	for _, l := range lapsed {
-		c.log.Warn("listen token expired; detached", "hc", l.hc, "agent", l.s.remote)
-		l.s.conn.Detached(l.hc, status.Errorf(status.Unauthorized, "token expired"))
+		c.log.Warn("agent attachment ended", "hc", l.hc, "agent", l.s.remote, "reason", why.Msg)
+		l.s.conn.Detached(l.hc, why)
+	}
+	for _, st := range cut {
+		c.log.Warn("stream ended", "hc", st.hc, "stream", st.id.String(), "reason", why.Msg,
+			"sender_key", st.senderGrant.Rule, "listener_key", st.listenerGrant.Rule)
+		st.sender.Close()
+		st.agent.Close()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -115,9 +116,14 @@ func (d *nativeDoor) handshake(conn net.Conn) (wire.Frame, error) {
 // already gone) and closes conn. If what is not empty, it is logged too.
 func (d *nativeDoor) refuse(conn net.Conn, what string, err error) {
 	if what != "" {
-		d.log.Warn("refused "+what+" connection", "remote", conn.RemoteAddr().String(), "error", err)
+		if stream.IsClosed(err) || errors.Is(err, io.ErrUnexpectedEOF) {
+			// A port probe or a peer that gave up: not worth a warning.
+			d.log.Debug("peer left during handshake", "port", what, "remote", conn.RemoteAddr().String(), "error", err)
+		} else {
+			d.log.Warn("refused "+what+" connection", "remote", conn.RemoteAddr().String(), "error", err)
+		}
 	}
-	if !errors.Is(err, wire.ErrBadPreface) && !stream.IsClosed(err) {
+	if !errors.Is(err, wire.ErrBadPreface) && !stream.IsClosed(err) && !errors.Is(err, io.ErrUnexpectedEOF) {
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
 		wire.Write(conn, resultOf(err))
 	}
