@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,52 +40,79 @@ const (
 	maxBackoff   = 30 * time.Second
 )
 
-// Agent runs an agent section.
+// Agent runs an agent section. Its configuration can be replaced while it
+// runs (Apply): connections attach and detach, and live streams that the new
+// configuration no longer permits are cut.
 type Agent struct {
-	log     hclog.Logger
-	cfg     *rules.Agent
-	name    string
-	audit   *Audit
-	clients []relayclient.Client
-	dialer  net.Dialer
+	log    hclog.Logger
+	name   string
+	dialer net.Dialer
 	// Grace is how long live streams may go on after ctx is done; zero means DefaultGrace.
 	Grace time.Duration
 
+	cfg   atomic.Pointer[rules.Agent]
+	audit atomic.Pointer[Audit]
+
 	mu      sync.Mutex
-	streams map[net.Conn]struct{}
-	wg      sync.WaitGroup
+	runCtx  context.Context    // set by Run; nil before
+	relays  map[string]*runner // by relayKey
+	changed chan struct{}      // closed and replaced by every Apply
+	streams map[*liveStream]struct{}
+	wg      sync.WaitGroup // serve goroutines
+}
+
+// runner is the goroutine keeping one relay's control channel.
+type runner struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// liveStream is a stream being copied, as Apply needs to judge it.
+type liveStream struct {
+	conn     net.Conn
+	hc       string
+	target   string
+	endpoint string
+	ev       AuditEvent
 }
 
 // New prepares an agent; it opens the audit log but does not dial yet.
 func New(cfg *rules.Agent, log hclog.Logger) (*Agent, error) {
-	a := &Agent{log: log, cfg: cfg, streams: map[net.Conn]struct{}{}, dialer: net.Dialer{Timeout: DialTimeout}}
+	a := &Agent{log: log, dialer: net.Dialer{Timeout: DialTimeout},
+		relays: map[string]*runner{}, changed: make(chan struct{}), streams: map[*liveStream]struct{}{}}
 	a.name, _ = os.Hostname()
 	if cfg.Audit != "" {
 		au, err := OpenAudit(cfg.Audit)
 		if err != nil {
 			return nil, err
 		}
-		a.audit = au
+		a.audit.Store(au)
 	}
-	for _, ep := range cfg.Relays {
-		a.clients = append(a.clients, relayclient.New(ep))
-	}
+	a.cfg.Store(cfg)
 	return a, nil
+}
+
+func relayKey(ep rules.RelayEndpoint) string {
+	return fmt.Sprintf("%s|%d|%d|%d|%t|%s", ep.Host, ep.Control, ep.Data, ep.HTTP, ep.TLS, ep.Namespace)
 }
 
 // Run keeps a control channel to every relay until ctx is done, then stops
 // taking streams, lets live ones finish for the grace period and closes them.
 func (a *Agent) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	for i, c := range a.clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.runRelay(ctx, c, a.cfg.Relays[i])
-		}()
-	}
+	a.mu.Lock()
+	a.runCtx = ctx
+	a.syncRelaysLocked(a.cfg.Load())
+	a.mu.Unlock()
 	<-ctx.Done()
-	wg.Wait()
+	a.mu.Lock()
+	var runners []*runner
+	for _, r := range a.relays {
+		runners = append(runners, r)
+	}
+	a.mu.Unlock()
+	for _, r := range runners {
+		<-r.done
+	}
 	grace := a.Grace
 	if grace == 0 {
 		grace = DefaultGrace
@@ -96,18 +124,94 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-time.After(grace):
 		a.mu.Lock()
 		n := len(a.streams)
-		for c := range a.streams {
-			c.Close()
+		for s := range a.streams {
+			s.conn.Close()
 		}
 		a.mu.Unlock()
 		a.log.Warn("grace period over; closed live streams", "streams", n)
 		<-done
 	}
-	if a.audit != nil {
-		a.audit.Close()
-	}
+	a.audit.Load().Close()
 	a.log.Info("agent stopped")
 	return nil
+}
+
+// Apply replaces the configuration: new relays are dialled and removed ones
+// dropped, each control channel attaches and detaches to match, and every
+// live stream the new configuration does not permit (its connection gone,
+// its endpoint changed, or outside allow) is closed at once.
+func (a *Agent) Apply(cfg *rules.Agent) error {
+	old := a.cfg.Load()
+	if cfg.Audit != old.Audit {
+		var au *Audit
+		if cfg.Audit != "" {
+			var err error
+			if au, err = OpenAudit(cfg.Audit); err != nil {
+				return err
+			}
+		}
+		a.audit.Swap(au).Close()
+	}
+	a.cfg.Store(cfg)
+	a.mu.Lock()
+	if a.runCtx != nil {
+		a.syncRelaysLocked(cfg)
+	}
+	close(a.changed)
+	a.changed = make(chan struct{})
+	var cut []*liveStream
+	for s := range a.streams {
+		if ep, err := Authorize(cfg, s.hc, s.target); err != nil || ep != s.endpoint {
+			cut = append(cut, s)
+		}
+	}
+	a.mu.Unlock()
+	for _, s := range cut {
+		_, err := Authorize(cfg, s.hc, s.target)
+		reason := "endpoint changed"
+		if err != nil {
+			reason = err.Msg
+		}
+		a.log.Warn("stream cut: no longer permitted", "hc", s.hc, "stream", s.ev.Stream, "endpoint", s.endpoint, "reason", reason)
+		ev := s.ev
+		ev.Event, ev.Reason = "revoke", reason
+		a.audit.Load().Record(ev)
+		s.conn.Close()
+	}
+	return nil
+}
+
+// syncRelaysLocked starts a runner for every relay in cfg and stops the
+// others.
+func (a *Agent) syncRelaysLocked(cfg *rules.Agent) {
+	want := map[string]rules.RelayEndpoint{}
+	for _, ep := range cfg.Relays {
+		want[relayKey(ep)] = ep
+	}
+	for k, r := range a.relays {
+		if _, ok := want[k]; !ok {
+			r.cancel()
+			delete(a.relays, k)
+		}
+	}
+	for k, ep := range want {
+		if _, ok := a.relays[k]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(a.runCtx)
+		r := &runner{cancel: cancel, done: make(chan struct{})}
+		a.relays[k] = r
+		go func() {
+			defer close(r.done)
+			a.runRelay(ctx, relayclient.New(ep), ep)
+		}()
+	}
+}
+
+func (a *Agent) changes() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.changed
 }
 
 // runRelay keeps one control channel up, reconnecting with jittered backoff.
@@ -124,7 +228,7 @@ func (a *Agent) runRelay(ctx context.Context, c relayclient.Client, ep rules.Rel
 			backoff = time.Second
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
-		log.Warn("relay connection lost; reconnecting", "error", err, "in", wait.Round(time.Millisecond))
+		log.Warn("no control channel to the relay; retrying", "error", err, "in", wait.Round(time.Millisecond))
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -134,9 +238,13 @@ func (a *Agent) runRelay(ctx context.Context, c relayclient.Client, ep rules.Rel
 	}
 }
 
-func (a *Agent) token(ep rules.RelayEndpoint, c *rules.AgentConnection) string {
+func token(ep rules.RelayEndpoint, c rules.AgentConnection) string {
 	return sas.NewToken(sas.ResourceURI(ep.Namespace, c.Name), c.KeyName, c.Key, time.Now().Add(TokenTTL))
 }
+
+// retryAttach is how long a connection the relay refused (or detached)
+// waits before the agent tries again with a fresh token.
+const retryAttach = 10 * time.Second
 
 // session runs one control channel until it ends.
 func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint, log hclog.Logger) error {
@@ -145,18 +253,47 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 		return err
 	}
 	defer ctl.Close()
-	attached := 0
-	for i := range a.cfg.Connections {
-		conn := &a.cfg.Connections[i]
-		if err := ctl.Attach(ctx, conn.Name, a.token(ep, conn)); err != nil {
-			log.Error("relay refused to let us listen", "hc", conn.Name, "key_name", conn.KeyName, "error", err)
-			continue
+	attached := map[string]rules.AgentConnection{} // what the relay has, with the key used
+	retry := time.NewTimer(retryAttach)
+	defer retry.Stop()
+	// sync attaches what the configuration has and the relay lacks (or has
+	// with another key), and detaches the rest.
+	sync := func() error {
+		cfg := a.cfg.Load()
+		want := map[string]bool{}
+		failed := false
+		for _, conn := range cfg.Connections {
+			want[conn.Name] = true
+			if have, ok := attached[conn.Name]; ok && have.KeyName == conn.KeyName && have.Key == conn.Key {
+				attached[conn.Name] = conn
+				continue
+			}
+			if err := ctl.Attach(ctx, conn.Name, token(ep, conn)); err != nil {
+				if ctl.Err() != nil {
+					return err
+				}
+				log.Error("relay refused to let us listen", "hc", conn.Name, "key_name", conn.KeyName, "error", err, "retry_in", retryAttach)
+				delete(attached, conn.Name)
+				failed = true
+				continue
+			}
+			attached[conn.Name] = conn
+			log.Info("listening", "hc", conn.Name, "endpoint", conn.Endpoint)
 		}
-		attached++
-		log.Info("listening", "hc", conn.Name, "endpoint", conn.Endpoint)
+		for name := range attached {
+			if !want[name] {
+				ctl.Detach(name)
+				delete(attached, name)
+				log.Info("stopped listening", "hc", name)
+			}
+		}
+		if failed {
+			retry.Reset(retryAttach)
+		}
+		return nil
 	}
-	if attached == 0 && len(a.cfg.Connections) > 0 {
-		return errors.New("no hybrid connection could be attached")
+	if err := sync(); err != nil {
+		return err
 	}
 	renew := time.NewTicker(TokenTTL * 3 / 4)
 	defer renew.Stop()
@@ -166,25 +303,36 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 			return nil
 		case <-ctl.Done():
 			return ctl.Err()
+		case <-a.changes():
+			if err := sync(); err != nil {
+				return err
+			}
+		case <-retry.C:
+			if err := sync(); err != nil {
+				return err
+			}
 		case <-renew.C:
-			for i := range a.cfg.Connections {
-				conn := &a.cfg.Connections[i]
-				if err := ctl.Renew(ctx, conn.Name, a.token(ep, conn)); err != nil {
-					log.Error("token renewal refused", "hc", conn.Name, "error", err)
+			for name, conn := range attached {
+				if err := ctl.Renew(ctx, name, token(ep, conn)); err != nil {
+					log.Error("token renewal refused", "hc", name, "error", err)
 				}
 			}
 		case ev, ok := <-ctl.Events():
 			if !ok {
 				return ctl.Err()
 			}
-			if ev.Detached != nil {
-				log.Error("relay ended our listening", "hc", ev.Detached.HC, "error", ev.Detached.Err)
+			if d := ev.Detached; d != nil {
+				log.Error("relay ended our listening", "hc", d.HC, "error", d.Err, "retry_in", retryAttach)
+				delete(attached, d.HC)
+				retry.Reset(retryAttach)
 				continue
 			}
+			acc := ev.Accept
+			conn, ok := attached[acc.HC]
 			a.wg.Add(1)
 			go func() {
 				defer a.wg.Done()
-				a.serve(ctx, ctl, ep, c.String(), ev.Accept, log)
+				a.serve(ctx, ctl, ep, c.String(), acc, conn, ok, log)
 			}()
 		}
 	}
@@ -229,25 +377,22 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func (a *Agent) connection(hc string) *rules.AgentConnection {
-	for i := range a.cfg.Connections {
-		if a.cfg.Connections[i].Name == hc {
-			return &a.cfg.Connections[i]
-		}
-	}
-	return nil
-}
-
 // serve handles one accepted stream: check, dial the resource, join, copy.
-func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.RelayEndpoint, relay string, acc *relayclient.Accept, log hclog.Logger) {
+// conn is the connection as attached at the relay (its key joins the stream).
+func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.RelayEndpoint, relay string,
+	acc *relayclient.Accept, conn rules.AgentConnection, attached bool, log hclog.Logger) {
 	log = log.With("hc", acc.HC, "stream", acc.ID.String(), "sender", acc.SenderAddr, "sender_key", acc.SenderKey)
 	ev := AuditEvent{HC: acc.HC, Stream: acc.ID.String(), Target: acc.Target, SenderKey: acc.SenderKey,
 		SenderAddr: acc.SenderAddr, Relay: relay}
-	target, serr := Authorize(a.cfg, acc.HC, acc.Target)
+	audit := a.audit.Load()
+	target, serr := Authorize(a.cfg.Load(), acc.HC, acc.Target)
+	if serr == nil && !attached {
+		serr = status.Errorf(status.NotFound, "this agent is not listening for %q on this relay", acc.HC)
+	}
 	if serr != nil {
 		log.Warn("stream denied", "target", acc.Target, "reason", serr.Msg)
 		ev.Event, ev.Reason = "deny", serr.Error()
-		a.audit.Record(ev)
+		audit.Record(ev)
 		ctl.Reject(acc.ID, serr.Code, serr.Msg)
 		return
 	}
@@ -259,39 +404,50 @@ func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.Rel
 		msg := describeDialError(target, err)
 		log.Warn("resource unreachable", "endpoint", target, "error", msg)
 		ev.Event, ev.Reason = "unreachable", msg
-		a.audit.Record(ev)
+		audit.Record(ev)
 		ctl.Reject(acc.ID, status.Unreachable, msg)
 		return
 	}
-	conn, err := ctl.Join(ctx, acc, a.token(ep, a.connection(acc.HC)))
+	up, err := ctl.Join(ctx, acc, token(ep, conn))
 	if err != nil {
 		res.Close()
 		log.Warn("could not join stream at relay", "error", err)
 		return
 	}
-	a.track(conn)
-	defer a.untrack(conn)
+	ls := &liveStream{conn: up, hc: acc.HC, target: acc.Target, endpoint: target, ev: ev}
+	if !a.track(ls) {
+		up.Close()
+		res.Close()
+		return
+	}
+	defer a.untrack(ls)
 	start := time.Now()
 	ev.Event = "open"
-	a.audit.Record(ev)
+	audit.Record(ev)
 	log.Debug("stream open", "endpoint", target)
-	n := stream.Pipe(conn, res)
+	n := stream.Pipe(up, res)
 	ev.Event, ev.BytesIn, ev.BytesOut = "close", n.AToB, n.BToA
 	ev.DurationMS = time.Since(start).Milliseconds()
-	a.audit.Record(ev)
+	a.audit.Load().Record(ev)
 	log.Debug("stream closed", "to_resource", n.AToB, "from_resource", n.BToA)
 }
 
-func (a *Agent) track(conn net.Conn) {
+// track registers a live stream, unless a reload since the check already
+// forbids it (the check and the registration race with Apply).
+func (a *Agent) track(s *liveStream) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.streams[conn] = struct{}{}
+	if ep, err := Authorize(a.cfg.Load(), s.hc, s.target); err != nil || ep != s.endpoint {
+		return false
+	}
+	a.streams[s] = struct{}{}
+	return true
 }
 
-func (a *Agent) untrack(conn net.Conn) {
+func (a *Agent) untrack(s *liveStream) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.streams, conn)
+	delete(a.streams, s)
 }
 
 // describeDialError says which way a dial failed: refused (port closed),

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -29,17 +30,24 @@ const (
 	DefaultGrace = 10 * time.Second
 )
 
-// Proxy runs a proxy section.
+// Proxy runs a proxy section. Its configuration can be replaced while it
+// runs (Apply): listeners open, close and rebind to match, and untouched
+// mappings are never disturbed.
 type Proxy struct {
-	log    hclog.Logger
-	cfg    *rules.Proxy
-	relays []relay
+	log hclog.Logger
 	// Grace is how long live streams may go on after ctx is done; zero means DefaultGrace.
 	Grace time.Duration
 
-	mu      sync.Mutex
-	streams map[net.Conn]struct{}
-	wg      sync.WaitGroup
+	cfg    atomic.Pointer[rules.Proxy]
+	relays atomic.Pointer[[]relay]
+
+	mu       sync.Mutex
+	running  bool
+	ctx      context.Context
+	mappings map[string]*mapping // by listen address
+	streams  map[net.Conn]struct{}
+	loops    sync.WaitGroup // accept loops
+	wg       sync.WaitGroup // forwards
 }
 
 type relay struct {
@@ -47,69 +55,138 @@ type relay struct {
 	client relayclient.Client
 }
 
+// mapping is one listening port and the connection it currently forwards to;
+// Apply swaps the connection without touching the listener.
+type mapping struct {
+	ln   net.Listener
+	conn atomic.Pointer[rules.ProxyConnection]
+}
+
 // New prepares a proxy; it does not listen yet.
 func New(cfg *rules.Proxy, log hclog.Logger) (*Proxy, error) {
-	p := &Proxy{log: log, cfg: cfg, streams: map[net.Conn]struct{}{}}
-	for _, ep := range cfg.Relays {
-		p.relays = append(p.relays, relay{ep: ep, client: relayclient.New(ep)})
-	}
-	if len(p.relays) == 0 {
-		return nil, errors.New("proxy: no relay configured")
+	p := &Proxy{log: log, mappings: map[string]*mapping{}, streams: map[net.Conn]struct{}{}}
+	if err := p.store(cfg); err != nil {
+		return nil, err
 	}
 	return p, nil
+}
+
+func (p *Proxy) store(cfg *rules.Proxy) error {
+	if len(cfg.Relays) == 0 {
+		return errors.New("proxy: no relay configured")
+	}
+	rs := make([]relay, 0, len(cfg.Relays))
+	for _, ep := range cfg.Relays {
+		rs = append(rs, relay{ep: ep, client: relayclient.New(ep)})
+	}
+	p.cfg.Store(cfg)
+	p.relays.Store(&rs)
+	return nil
 }
 
 // Run opens every mapping's listener and serves until ctx is done; then it
 // stops accepting, lets live streams finish for the grace period and closes
 // them. It fails at once if a listener cannot be opened.
 func (p *Proxy) Run(ctx context.Context) error {
-	var lns []net.Listener
-	closeAll := func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}
-	for i := range p.cfg.Connections {
-		c := &p.cfg.Connections[i]
-		if c.Listen == "" {
-			continue
-		}
-		ln, err := net.Listen("tcp", c.Listen)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("proxy: listen for %q: %w", c.Name, err)
-		}
-		lns = append(lns, ln)
-		p.log.Info("forwarding", "listen", ln.Addr().String(), "hc", c.Name)
-	}
-	var wg sync.WaitGroup
-	for i, ln := range lns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.acceptLoop(ctx, ln, p.listenConn(i))
-		}()
+	p.mu.Lock()
+	p.ctx = ctx
+	p.running = true
+	err := p.syncLocked(p.cfg.Load())
+	p.mu.Unlock()
+	if err != nil {
+		return err
 	}
 	<-ctx.Done()
-	closeAll()
-	wg.Wait()
+	p.mu.Lock()
+	p.running = false
+	for addr, m := range p.mappings {
+		m.ln.Close()
+		delete(p.mappings, addr)
+	}
+	p.mu.Unlock()
+	p.loops.Wait()
 	p.drain()
 	p.log.Info("proxy stopped")
 	return nil
 }
 
-// listenConn returns the i-th connection that has a listen address.
-func (p *Proxy) listenConn(i int) *rules.ProxyConnection {
-	for j := range p.cfg.Connections {
-		if p.cfg.Connections[j].Listen == "" {
+// Apply replaces the configuration. New listeners are bound first; if any
+// fails, nothing changes and the error is returned. Then removed mappings'
+// listeners close (their live streams finish undisturbed), changed ones
+// forward new streams with the new name, key and endpoint, and untouched
+// ones are left alone.
+func (p *Proxy) Apply(cfg *rules.Proxy) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.running {
+		return p.store(cfg)
+	}
+	return p.syncLocked(cfg)
+}
+
+// syncLocked makes the listeners match cfg, all or nothing.
+func (p *Proxy) syncLocked(cfg *rules.Proxy) error {
+	want := map[string]*rules.ProxyConnection{}
+	for i := range cfg.Connections {
+		if c := &cfg.Connections[i]; c.Listen != "" {
+			want[c.Listen] = c
+		}
+	}
+	added := map[string]*mapping{}
+	for addr, c := range want {
+		if _, ok := p.mappings[addr]; ok {
 			continue
 		}
-		if i == 0 {
-			return &p.cfg.Connections[j]
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, m := range added {
+				m.ln.Close()
+			}
+			return fmt.Errorf("proxy: listen for %q: %w", c.Name, err)
 		}
-		i--
+		m := &mapping{ln: ln}
+		m.conn.Store(c)
+		added[addr] = m
+	}
+	if err := p.store(cfg); err != nil {
+		for _, m := range added {
+			m.ln.Close()
+		}
+		return err
+	}
+	for addr, m := range p.mappings {
+		c, ok := want[addr]
+		if !ok {
+			m.ln.Close()
+			delete(p.mappings, addr)
+			p.log.Info("stopped forwarding", "listen", addr, "hc", m.conn.Load().Name)
+			continue
+		}
+		if old := m.conn.Swap(c); *old != *c {
+			p.log.Info("forwarding changed", "listen", addr, "hc", c.Name)
+		}
+	}
+	for addr, m := range added {
+		p.mappings[addr] = m
+		p.log.Info("forwarding", "listen", m.ln.Addr().String(), "hc", m.conn.Load().Name)
+		p.loops.Add(1)
+		go func() {
+			defer p.loops.Done()
+			p.acceptLoop(p.ctx, m)
+		}()
 	}
 	return nil
+}
+
+// Addrs returns the listening addresses by hybrid connection name.
+func (p *Proxy) Addrs() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]string{}
+	for _, m := range p.mappings {
+		out[m.conn.Load().Name] = m.ln.Addr().String()
+	}
+	return out
 }
 
 func (p *Proxy) drain() {
@@ -133,14 +210,14 @@ func (p *Proxy) drain() {
 	}
 }
 
-func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener, c *rules.ProxyConnection) {
+func (p *Proxy) acceptLoop(ctx context.Context, m *mapping) {
 	for {
-		conn, err := ln.Accept()
+		conn, err := m.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
 			}
-			p.log.Warn("accept failed; backing off", "listen", c.Listen, "error", err)
+			p.log.Warn("accept failed; backing off", "listen", m.ln.Addr().String(), "error", err)
 			select {
 			case <-time.After(100 * time.Millisecond):
 				continue
@@ -148,6 +225,7 @@ func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener, c *rules.ProxyC
 				return
 			}
 		}
+		c := m.conn.Load() // the mapping as it is now: reloads apply to new streams
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
@@ -190,7 +268,7 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 // same everywhere and is returned at once.
 func (p *Proxy) Open(ctx context.Context, c *rules.ProxyConnection) (net.Conn, error) {
 	var errs []error
-	for _, r := range p.relays {
+	for _, r := range *p.relays.Load() {
 		tok := sas.NewToken(sas.ResourceURI(r.ep.Namespace, c.Name), c.KeyName, c.Key, time.Now().Add(TokenTTL))
 		conn, err := r.client.Open(ctx, c.Name, tok, c.Endpoint)
 		if err == nil {

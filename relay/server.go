@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -28,10 +29,11 @@ const DefaultGrace = 10 * time.Second
 // Server runs a relay section: its listeners, front doors and core.
 type Server struct {
 	log   hclog.Logger
-	cfg   *rules.Relay
+	cfg   atomic.Pointer[rules.Relay]
 	core  *Core
 	door  *nativeDoor
-	tls   *tls.Config
+	tls   *tls.Config // nil without TLS; its certificate is swapped on reload
+	cert  atomic.Pointer[tls.Certificate]
 	Grace time.Duration // zero means DefaultGrace
 }
 
@@ -41,17 +43,59 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{log: log, cfg: cfg}
+	s := &Server{log: log}
+	s.cfg.Store(cfg)
 	s.core = NewCore(log, auth)
 	s.door = newNativeDoor(s.core, log)
 	if cfg.TLS != nil {
-		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
-		if err != nil {
-			return nil, fmt.Errorf("relay tls: %w", err)
+		if err := s.loadCert(cfg.TLS); err != nil {
+			return nil, err
 		}
-		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.tls = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return s.cert.Load(), nil
+			},
+		}
 	}
 	return s, nil
+}
+
+func (s *Server) loadCert(t *rules.TLS) error {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return fmt.Errorf("relay tls: %w", err)
+	}
+	s.cert.Store(&cert)
+	return nil
+}
+
+// Apply replaces the relay's rules while it runs: connections and keys
+// added or removed take effect for new sessions and streams at once, and
+// every session and stream that authenticated with a removed key, key value
+// or connection ends immediately. TLS certificates are reloaded. Listen
+// addresses and turning TLS on or off need a restart; such changes are
+// refused so the running relay stays as it is.
+func (s *Server) Apply(cfg *rules.Relay) error {
+	old := s.cfg.Load()
+	if cfg.Listen != old.Listen {
+		return fmt.Errorf("relay: listen addresses changed (%+v → %+v): restart the relay to apply", old.Listen, cfg.Listen)
+	}
+	if (cfg.TLS == nil) != (old.TLS == nil) {
+		return errors.New("relay: tls turned on or off: restart the relay to apply")
+	}
+	auth, err := NewAuth(cfg)
+	if err != nil {
+		return err
+	}
+	if cfg.TLS != nil {
+		if err := s.loadCert(cfg.TLS); err != nil {
+			return err
+		}
+	}
+	s.cfg.Store(cfg)
+	s.core.SetAuth(auth)
+	return nil
 }
 
 // Core returns the server's core.
@@ -64,6 +108,7 @@ type Listeners struct {
 
 // Listen opens the listeners named in the configuration.
 func (s *Server) Listen() (*Listeners, error) {
+	cfg := s.cfg.Load()
 	var l Listeners
 	var err error
 	open := func(name, addr string) net.Listener {
@@ -78,9 +123,9 @@ func (s *Server) Listen() (*Listeners, error) {
 		}
 		return ln
 	}
-	l.Control = open("control", s.cfg.Listen.Control)
-	l.Data = open("data", s.cfg.Listen.Data)
-	l.HTTP = open("http", s.cfg.Listen.HTTP)
+	l.Control = open("control", cfg.Listen.Control)
+	l.Data = open("data", cfg.Listen.Data)
+	l.HTTP = open("http", cfg.Listen.HTTP)
 	if err != nil {
 		for _, ln := range []net.Listener{l.Control, l.Data, l.HTTP} {
 			if ln != nil {
@@ -110,7 +155,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 		control, data = tls.NewListener(control, s.tls), tls.NewListener(data, s.tls)
 	}
 	s.log.Info("relay listening", "control", l.Control.Addr().String(), "data", l.Data.Addr().String(),
-		"http", l.HTTP.Addr().String(), "namespace", s.cfg.Namespace, "tls", s.tls != nil)
+		"http", l.HTTP.Addr().String(), "namespace", s.cfg.Load().Namespace, "tls", s.tls != nil)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -35,8 +37,9 @@ func loadConfig(cmd *cobra.Command) (*rules.Config, error) {
 
 // role is one runnable section.
 type role struct {
-	name string
-	run  func(context.Context) error
+	name  string
+	run   func(context.Context) error
+	apply func(*rules.Config) error // takes a reloaded configuration
 }
 
 func roleCommand(use, short, section string) *cobra.Command {
@@ -64,7 +67,7 @@ own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
 			if err != nil {
 				return err
 			}
-			return runRoles(cmd.Context(), roles, log)
+			return runRoles(cmd.Context(), cfg, roles, log)
 		},
 	}
 }
@@ -81,7 +84,7 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 			if err != nil {
 				return nil, configErr(err)
 			}
-			roles = append(roles, role{"relay", s.Run})
+			roles = append(roles, role{"relay", s.Run, func(c *rules.Config) error { return s.Apply(c.Relay) }})
 		} else if section != "" {
 			return nil, missing(section)
 		}
@@ -92,7 +95,7 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 			if err != nil {
 				return nil, runtimeErr(err)
 			}
-			roles = append(roles, role{"agent", a.Run})
+			roles = append(roles, role{"agent", a.Run, func(c *rules.Config) error { return a.Apply(c.Agent) }})
 		} else if section != "" {
 			return nil, missing(section)
 		}
@@ -103,7 +106,7 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 			if err != nil {
 				return nil, configErr(err)
 			}
-			roles = append(roles, role{"proxy", p.Run})
+			roles = append(roles, role{"proxy", p.Run, func(c *rules.Config) error { return p.Apply(c.Proxy) }})
 		} else if section != "" {
 			return nil, missing(section)
 		}
@@ -114,17 +117,47 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 	return roles, nil
 }
 
-// runRoles runs roles until ctx is done or one fails; a failure stops the others.
-func runRoles(ctx context.Context, roles []role, log hclog.Logger) error {
+// runRoles runs roles until ctx is done or one fails; a failure stops the
+// others. While they run, the config file is watched (and re-read on
+// SIGHUP); each valid new version is applied to every role.
+func runRoles(ctx context.Context, cfg *rules.Config, roles []role, log *logging.Root) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []string
-	for _, r := range roles {
-		wg.Add(1)
+	if cfg.File != rules.EmbeddedFile {
+		w := rules.NewWatcher(cfg.File, cfg, func(next *rules.Config) error {
+			return applyAll(next, roles, log)
+		}, rules.WatchOptions{Logger: log.Named("config")})
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
+			w.Run(ctx)
+		}()
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go func() {
+			defer wg.Done()
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					log.Info("SIGHUP: reloading configuration", "file", cfg.File)
+					w.Reload()
+				}
+			}
+		}()
+	}
+	var mu sync.Mutex
+	var errs []string
+	var roleWG sync.WaitGroup
+	for _, r := range roles {
+		wg.Add(1)
+		roleWG.Add(1)
+		go func() {
+			defer wg.Done()
+			defer roleWG.Done()
 			if err := r.run(ctx); err != nil {
 				log.Error("role failed", "role", r.name, "error", err)
 				mu.Lock()
@@ -134,9 +167,36 @@ func runRoles(ctx context.Context, roles []role, log hclog.Logger) error {
 			}
 		}()
 	}
+	go func() {
+		// The watcher and the SIGHUP loop end with ctx: when every role has
+		// returned, end them too.
+		roleWG.Wait()
+		cancel()
+	}()
 	wg.Wait()
 	if len(errs) > 0 {
 		return runtimeErr(errors.New(strings.Join(errs, "; ")))
 	}
 	return nil
+}
+
+// applyAll hands a reloaded configuration to every role. A section that a
+// running role needs may not disappear; the log settings apply first.
+func applyAll(next *rules.Config, roles []role, log *logging.Root) error {
+	for _, r := range roles {
+		present := map[string]bool{"relay": next.Relay != nil, "agent": next.Agent != nil, "proxy": next.Proxy != nil}[r.name]
+		if !present {
+			return fmt.Errorf("%s: the %s section is gone: a running role keeps its last good configuration (restart to stop it)", next.File, r.name)
+		}
+	}
+	if err := log.Set(next.Log.Level, next.Log.Format); err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range roles {
+		if err := r.apply(next); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
