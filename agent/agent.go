@@ -59,12 +59,36 @@ type Agent struct {
 	changed chan struct{}      // closed and replaced by every Apply
 	streams map[*liveStream]struct{}
 	wg      sync.WaitGroup // serve goroutines
+
+	opened, denied, unreachable, revoked atomic.Int64
 }
 
 // runner is the goroutine keeping one relay's control channel.
 type runner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	name   string
+
+	mu        sync.Mutex
+	connected bool
+	listening []string
+	lastError string
+}
+
+func (r *runner) set(connected bool, attached map[string]rules.AgentConnection, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.connected = connected
+	r.listening = r.listening[:0]
+	for name := range attached {
+		r.listening = append(r.listening, name)
+	}
+	switch {
+	case err != nil:
+		r.lastError = err.Error()
+	case connected:
+		r.lastError = ""
+	}
 }
 
 // liveStream is a stream being copied, as Apply needs to judge it.
@@ -176,6 +200,7 @@ func (a *Agent) Apply(cfg *rules.Agent) error {
 		ev := s.ev
 		ev.Event, ev.Reason = "revoke", reason
 		a.audit.Load().Record(ev)
+		a.revoked.Add(1)
 		s.conn.Close()
 	}
 	return nil
@@ -199,11 +224,12 @@ func (a *Agent) syncRelaysLocked(cfg *rules.Agent) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(a.runCtx)
-		r := &runner{cancel: cancel, done: make(chan struct{})}
+		c := relayclient.New(ep)
+		r := &runner{cancel: cancel, done: make(chan struct{}), name: c.String()}
 		a.relays[k] = r
 		go func() {
 			defer close(r.done)
-			a.runRelay(ctx, relayclient.New(ep), ep)
+			a.runRelay(ctx, c, ep, r)
 		}()
 	}
 }
@@ -215,12 +241,13 @@ func (a *Agent) changes() <-chan struct{} {
 }
 
 // runRelay keeps one control channel up, reconnecting with jittered backoff.
-func (a *Agent) runRelay(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint) {
+func (a *Agent) runRelay(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint, r *runner) {
 	log := a.log.With("relay", c.String())
 	backoff := time.Second
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx, c, ep, log)
+		err := a.session(ctx, c, ep, r, log)
+		r.set(false, nil, err)
 		if ctx.Err() != nil {
 			return
 		}
@@ -247,7 +274,7 @@ func token(ep rules.RelayEndpoint, c rules.AgentConnection) string {
 const retryAttach = 10 * time.Second
 
 // session runs one control channel until it ends.
-func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint, log hclog.Logger) error {
+func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint, r *runner, log hclog.Logger) error {
 	ctl, err := c.Listen(ctx, a.name, buildinfo.Version)
 	if err != nil {
 		return err
@@ -290,6 +317,7 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 		if failed {
 			retry.Reset(retryAttach)
 		}
+		r.set(true, attached, nil)
 		return nil
 	}
 	if err := sync(); err != nil {
@@ -324,6 +352,7 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 			if d := ev.Detached; d != nil {
 				log.Error("relay ended our listening", "hc", d.HC, "error", d.Err, "retry_in", retryAttach)
 				delete(attached, d.HC)
+				r.set(true, attached, d.Err)
 				retry.Reset(retryAttach)
 				continue
 			}
@@ -393,6 +422,7 @@ func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.Rel
 		log.Warn("stream denied", "target", acc.Target, "reason", serr.Msg)
 		ev.Event, ev.Reason = "deny", serr.Error()
 		audit.Record(ev)
+		a.denied.Add(1)
 		ctl.Reject(acc.ID, serr.Code, serr.Msg)
 		return
 	}
@@ -405,6 +435,7 @@ func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.Rel
 		log.Warn("resource unreachable", "endpoint", target, "error", msg)
 		ev.Event, ev.Reason = "unreachable", msg
 		audit.Record(ev)
+		a.unreachable.Add(1)
 		ctl.Reject(acc.ID, status.Unreachable, msg)
 		return
 	}
@@ -424,6 +455,7 @@ func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.Rel
 	start := time.Now()
 	ev.Event = "open"
 	audit.Record(ev)
+	a.opened.Add(1)
 	log.Debug("stream open", "endpoint", target)
 	n := stream.Pipe(up, res)
 	ev.Event, ev.BytesIn, ev.BytesOut = "close", n.AToB, n.BToA

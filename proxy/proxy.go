@@ -48,6 +48,8 @@ type Proxy struct {
 	streams  map[net.Conn]struct{}
 	loops    sync.WaitGroup // accept loops
 	wg       sync.WaitGroup // forwards
+
+	opened, refused atomic.Int64
 }
 
 type relay struct {
@@ -239,6 +241,7 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 	log := p.log.With("hc", c.Name, "app", app.RemoteAddr().String())
 	up, err := p.Open(ctx, c)
 	if err != nil {
+		p.refused.Add(1)
 		log.Error("stream refused", "error", err)
 		// Reset rather than close: the app sees a failure at once instead
 		// of an orderly end of a conversation that never started.
@@ -248,6 +251,7 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 		app.Close()
 		return
 	}
+	p.opened.Add(1)
 	p.mu.Lock()
 	p.streams[app] = struct{}{}
 	p.mu.Unlock()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/admin"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -34,6 +35,7 @@ type Server struct {
 	door  *nativeDoor
 	tls   *tls.Config // nil without TLS; its certificate is swapped on reload
 	cert  atomic.Pointer[tls.Certificate]
+	admin *admin.Admin  // set by Register: served on the http listener
 	Grace time.Duration // zero means DefaultGrace
 }
 
@@ -158,10 +160,14 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 		"http", l.HTTP.Addr().String(), "namespace", s.cfg.Load().Namespace, "tls", s.tls != nil)
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
-	})
+	if s.admin != nil {
+		s.admin.Mount(mux)
+	} else {
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprintln(w, "ok")
+		})
+	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: HandshakeTimeout, ErrorLog: s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 
 	var wg sync.WaitGroup

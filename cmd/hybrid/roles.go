@@ -15,6 +15,7 @@ import (
 
 	"github.com/hybridconn/hybrid"
 	"github.com/hybridconn/hybrid/agent"
+	"github.com/hybridconn/hybrid/internal/admin"
 	"github.com/hybridconn/hybrid/internal/logging"
 	"github.com/hybridconn/hybrid/proxy"
 	"github.com/hybridconn/hybrid/relay"
@@ -63,18 +64,22 @@ own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
 			if err != nil {
 				return configErr(fmt.Errorf("%s: log: %w", cfg.File, err))
 			}
-			roles, err := buildRoles(cfg, section, log)
+			ad := admin.New()
+			roles, err := buildRoles(cfg, section, log, ad)
 			if err != nil {
 				return err
 			}
-			return runRoles(cmd.Context(), cfg, roles, log)
+			return runRoles(cmd.Context(), cfg, roles, log, ad)
 		},
 	}
 }
 
 // buildRoles prepares the roles of section ("" = every section present).
-func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, error) {
+// Each role publishes its metrics and status on ad; the admin endpoints of
+// the agent and proxy sections (admin:) become roles of their own.
+func buildRoles(cfg *rules.Config, section string, log hclog.Logger, ad *admin.Admin) ([]role, error) {
 	var roles []role
+	adminAddrs := map[string]bool{}
 	missing := func(name string) error {
 		return configErr(fmt.Errorf("%s: no %s section", cfg.File, name))
 	}
@@ -84,6 +89,7 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 			if err != nil {
 				return nil, configErr(err)
 			}
+			s.Register(ad)
 			roles = append(roles, role{"relay", s.Run, func(c *rules.Config) error { return s.Apply(c.Relay) }})
 		} else if section != "" {
 			return nil, missing(section)
@@ -95,7 +101,11 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 			if err != nil {
 				return nil, runtimeErr(err)
 			}
+			a.Register(ad)
 			roles = append(roles, role{"agent", a.Run, func(c *rules.Config) error { return a.Apply(c.Agent) }})
+			if cfg.Agent.Admin != "" {
+				adminAddrs[cfg.Agent.Admin] = true
+			}
 		} else if section != "" {
 			return nil, missing(section)
 		}
@@ -106,7 +116,11 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 			if err != nil {
 				return nil, configErr(err)
 			}
+			p.Register(ad)
 			roles = append(roles, role{"proxy", p.Run, func(c *rules.Config) error { return p.Apply(c.Proxy) }})
+			if cfg.Proxy.Admin != "" {
+				adminAddrs[cfg.Proxy.Admin] = true
+			}
 		} else if section != "" {
 			return nil, missing(section)
 		}
@@ -114,13 +128,19 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger) ([]role, er
 	if len(roles) == 0 {
 		return nil, configErr(fmt.Errorf("%s: no relay, agent or proxy section", cfg.File))
 	}
+	for addr := range adminAddrs {
+		roles = append(roles, role{name: "admin",
+			run:   func(ctx context.Context) error { return admin.Serve(ctx, addr, ad.Handler(), log.Named("admin")) },
+			apply: func(*rules.Config) error { return nil }, // a new admin address needs a restart
+		})
+	}
 	return roles, nil
 }
 
 // runRoles runs roles until ctx is done or one fails; a failure stops the
 // others. While they run, the config file is watched (and re-read on
 // SIGHUP); each valid new version is applied to every role.
-func runRoles(ctx context.Context, cfg *rules.Config, roles []role, log *logging.Root) error {
+func runRoles(ctx context.Context, cfg *rules.Config, roles []role, log *logging.Root, ad *admin.Admin) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -128,6 +148,7 @@ func runRoles(ctx context.Context, cfg *rules.Config, roles []role, log *logging
 		w := rules.NewWatcher(cfg.File, cfg, func(next *rules.Config) error {
 			return applyAll(next, roles, log)
 		}, rules.WatchOptions{Logger: log.Named("config")})
+		registerWatcher(ad, w)
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
@@ -184,8 +205,8 @@ func runRoles(ctx context.Context, cfg *rules.Config, roles []role, log *logging
 // running role needs may not disappear; the log settings apply first.
 func applyAll(next *rules.Config, roles []role, log *logging.Root) error {
 	for _, r := range roles {
-		present := map[string]bool{"relay": next.Relay != nil, "agent": next.Agent != nil, "proxy": next.Proxy != nil}[r.name]
-		if !present {
+		present, ok := map[string]bool{"relay": next.Relay != nil, "agent": next.Agent != nil, "proxy": next.Proxy != nil}[r.name]
+		if ok && !present {
 			return fmt.Errorf("%s: the %s section is gone: a running role keeps its last good configuration (restart to stop it)", next.File, r.name)
 		}
 	}
@@ -199,4 +220,20 @@ func applyAll(next *rules.Config, roles []role, log *logging.Root) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// registerWatcher publishes reload counts and the last reload error.
+func registerWatcher(ad *admin.Admin, w *rules.Watcher) {
+	for result, f := range map[string]func(rules.WatchStats) int64{
+		"success": func(s rules.WatchStats) int64 { return s.Succeeded },
+		"failure": func(s rules.WatchStats) int64 { return s.Failed },
+	} {
+		ad.Counter("hybrid_config_reloads_total", "Config reloads by result; a failed one keeps the last good config.",
+			map[string]string{"result": result}, func() float64 { return float64(f(w.Stats())) })
+	}
+	ad.AddStatus("config", func() any {
+		st := w.Stats()
+		return map[string]any{"file": w.Current().File, "reloads_succeeded": st.Succeeded, "reloads_failed": st.Failed,
+			"last_error": st.LastError, "last_error_time": st.LastErrorTime, "last_success_time": st.LastSuccessTime}
+	})
 }

@@ -1,0 +1,62 @@
+package agent
+
+import (
+	"sort"
+
+	"github.com/hybridconn/hybrid/internal/admin"
+)
+
+// Status is the agent's part of /status.
+type Status struct {
+	Relays        []RelayStatus     `json:"relays"`
+	Publishing    map[string]string `json:"publishing"` // connection → endpoint
+	StreamsActive int               `json:"streams_active"`
+	Counters      map[string]int64  `json:"counters"`
+}
+
+// RelayStatus is the agent's control channel to one relay.
+type RelayStatus struct {
+	Relay     string   `json:"relay"`
+	Connected bool     `json:"connected"`
+	Listening []string `json:"listening"`
+	LastError string   `json:"last_error,omitempty"`
+}
+
+// Status reports the agent's relays, connections and streams.
+func (a *Agent) Status() Status {
+	st := Status{Publishing: map[string]string{}, Counters: map[string]int64{
+		"streams_opened": a.opened.Load(), "streams_denied": a.denied.Load(),
+		"streams_unreachable": a.unreachable.Load(), "streams_revoked": a.revoked.Load(),
+	}}
+	for _, c := range a.cfg.Load().Connections {
+		st.Publishing[c.Name] = c.Endpoint
+	}
+	a.mu.Lock()
+	st.StreamsActive = len(a.streams)
+	for _, r := range a.relays {
+		r.mu.Lock()
+		rs := RelayStatus{Relay: r.name, Connected: r.connected, Listening: append([]string{}, r.listening...), LastError: r.lastError}
+		r.mu.Unlock()
+		sort.Strings(rs.Listening)
+		st.Relays = append(st.Relays, rs)
+	}
+	a.mu.Unlock()
+	sort.Slice(st.Relays, func(i, j int) bool { return st.Relays[i].Relay < st.Relays[j].Relay })
+	return st
+}
+
+// Register publishes the agent's metrics and status on ad.
+func (a *Agent) Register(ad *admin.Admin) {
+	for name, v := range map[string]interface{ Load() int64 }{
+		"opened": &a.opened, "denied": &a.denied, "unreachable": &a.unreachable, "revoked": &a.revoked,
+	} {
+		ad.Counter("hybrid_agent_streams_total", "Streams by outcome: opened, denied (not published or outside allow), unreachable (resource down), revoked (cut by a reload).",
+			map[string]string{"result": name}, func() float64 { return float64(v.Load()) })
+	}
+	ad.Gauge("hybrid_agent_streams_active", "Streams being copied.", nil, func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return float64(len(a.streams))
+	})
+	ad.AddStatus("agent", func() any { return a.Status() })
+}

@@ -1,0 +1,56 @@
+package proxy
+
+import (
+	"sort"
+
+	"github.com/hybridconn/hybrid/internal/admin"
+)
+
+// Status is the proxy's part of /status.
+type Status struct {
+	Forwarding    []Forward        `json:"forwarding"`
+	Relays        []string         `json:"relays"`
+	StreamsActive int              `json:"streams_active"`
+	Counters      map[string]int64 `json:"counters"`
+}
+
+// Forward is one local listener.
+type Forward struct {
+	Listen string `json:"listen"`
+	HC     string `json:"hc"`
+}
+
+// Status reports the proxy's listeners and streams.
+func (p *Proxy) Status() Status {
+	st := Status{Counters: map[string]int64{"streams_opened": p.opened.Load(), "streams_refused": p.refused.Load()}}
+	for _, r := range *p.relays.Load() {
+		st.Relays = append(st.Relays, r.client.String())
+	}
+	p.mu.Lock()
+	for _, m := range p.mappings {
+		st.Forwarding = append(st.Forwarding, Forward{Listen: m.ln.Addr().String(), HC: m.conn.Load().Name})
+	}
+	st.StreamsActive = len(p.streams)
+	p.mu.Unlock()
+	sort.Slice(st.Forwarding, func(i, j int) bool { return st.Forwarding[i].Listen < st.Forwarding[j].Listen })
+	return st
+}
+
+// Register publishes the proxy's metrics and status on a.
+func (p *Proxy) Register(a *admin.Admin) {
+	a.Counter("hybrid_proxy_streams_total", "Streams by outcome.", map[string]string{"result": "opened"},
+		func() float64 { return float64(p.opened.Load()) })
+	a.Counter("hybrid_proxy_streams_total", "Streams by outcome.", map[string]string{"result": "refused"},
+		func() float64 { return float64(p.refused.Load()) })
+	a.Gauge("hybrid_proxy_streams_active", "Streams being copied.", nil, func() float64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return float64(len(p.streams))
+	})
+	a.Gauge("hybrid_proxy_listeners", "Local listeners open.", nil, func() float64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return float64(len(p.mappings))
+	})
+	a.AddStatus("proxy", func() any { return p.Status() })
+}
