@@ -86,6 +86,7 @@ type Core struct {
 	streamWG sync.WaitGroup
 
 	stats Stats
+	fails *failLimiter
 }
 
 // Stats are the core's running counters.
@@ -130,6 +131,7 @@ func NewCore(log hclog.Logger, a *Auth) *Core {
 		sessions:    map[*Session]struct{}{},
 		pending:     map[StreamID]*pending{},
 		streams:     map[*activeStream]struct{}{},
+		fails:       newFailLimiter(),
 	}
 	c.SetAuth(a)
 	return c
@@ -378,9 +380,14 @@ func (c *Core) candidatesLocked(hc string) []*Session {
 }
 
 func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (Grant, error) {
+	if c.fails.blocked(remote) {
+		c.stats.AuthFailures.Add(1)
+		return Grant{}, status.Errorf(status.Busy, "too many failed authentications from %s; slow down", hostOf(remote))
+	}
 	a := c.auth.Load()
 	m, err := a.verify(hc, token, need)
 	if err != nil {
+		c.fails.fail(remote)
 		c.stats.AuthFailures.Add(1)
 		c.log.Warn("authentication failed", "hc", hc, "need", need.String(), "remote", remote, "error", err)
 	}
@@ -397,6 +404,12 @@ type Session struct {
 	mu       sync.Mutex
 	closed   bool
 	attached map[string]Grant
+}
+
+func (s *Session) attachedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.attached)
 }
 
 // Remote returns the agent's address.

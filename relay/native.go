@@ -31,6 +31,10 @@ const (
 	// controlQueue bounds the frames waiting to be written on one control
 	// channel; an agent that falls this far behind is not taking streams.
 	controlQueue = 256
+	// UnattachedTimeout closes a control channel that has not attached any
+	// hybrid connection this long after its HELLO: HELLO carries no
+	// credentials, so an unauthenticated peer may not hold a channel open.
+	UnattachedTimeout = 30 * time.Second
 )
 
 // nativeDoor translates the native binary protocol into calls on the core.
@@ -214,6 +218,13 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 
 	go ch.writeLoop()
 	defer ch.Close(nil)
+	idle := time.AfterFunc(UnattachedTimeout, func() {
+		if sess.attachedCount() == 0 {
+			log.Warn("closing control channel: nothing attached", "after", UnattachedTimeout)
+			ch.Close(nil)
+		}
+	})
+	defer idle.Stop()
 
 	br := bufio.NewReader(conn)
 	for {

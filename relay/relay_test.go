@@ -351,3 +351,22 @@ func TestListenPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedAuthLimit: a source that keeps failing is refused with Busy even
+// when it finally presents a good token; other sources are unaffected.
+func TestFailedAuthLimit(t *testing.T) {
+	r := startRelay(t)
+	startAgent(t, r, "pg", echo)
+	for i := 0; i < authFailBurst+5; i++ {
+		if _, err := open(r, "pg", "apps", "wrong-key-0000000000000000000", ""); err == nil {
+			t.Fatal("bad key accepted")
+		}
+	}
+	_, err := open(r, "pg", "apps", sendKey, "")
+	if status.CodeOf(err) != status.Busy {
+		t.Fatalf("after %d failures a good token got %v, want busy", authFailBurst+5, err)
+	}
+	if r.srv.core.fails.blocked("127.0.0.2:1") {
+		t.Fatal("another address is blocked too")
+	}
+}
