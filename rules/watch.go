@@ -221,6 +221,8 @@ type watchLoop struct {
 	fw       *fsnotify.Watcher // nil while broken: poll only
 	watched  map[string]bool   // directories added to fw
 	renotify time.Duration     // current delay before recreating fw
+	// addFailed: the config's directory could not be added (warned).
+	addFailed bool
 }
 
 func (l *watchLoop) run(ctx context.Context) {
@@ -247,7 +249,7 @@ func (l *watchLoop) run(ctx context.Context) {
 	// between Load and Run.
 	w.request()
 
-	var pending bool   // a debounced reload is scheduled
+	var pending bool    // a debounced reload is scheduled
 	var first time.Time // first event of the pending burst
 	maxWait := maxDebounceFactor * w.debounce
 
@@ -380,12 +382,18 @@ func (l *watchLoop) ensureWatches() {
 	want := l.watchDirs()
 	for _, d := range want {
 		if err := l.fw.Add(d); err != nil {
-			if l.watched[d] || d == want[0] {
+			// Warn once per outage of the main directory (retried at each
+			// poll); a vanished symlink target's directory is routine.
+			if d == want[0] && !l.addFailed {
 				l.w.log.Warn("cannot watch the config directory, relying on the poll",
 					"dir", d, "poll", l.w.poll, "error", err)
+				l.addFailed = true
 			}
 			delete(l.watched, d)
 			continue
+		}
+		if d == want[0] {
+			l.addFailed = false
 		}
 		l.watched[d] = true
 	}
