@@ -204,12 +204,16 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	}()
 
 	if len(cands) == 0 {
-		delivered = true // never announced: nothing can claim it
 		return nil, status.Errorf(status.NoListener, "no agent is listening for %q", req.HC)
 	}
 	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote}
 	var notified *Session
 	for _, s := range cands { // failover: the first agent that takes the notice
+		// Record the agent before notifying it: its REJECT may come back
+		// before Accept returns, and only the notified agent may reject.
+		c.mu.Lock()
+		p.session = s
+		c.mu.Unlock()
 		if err := s.conn.Accept(acc); err != nil {
 			c.log.Debug("accept notice failed, trying next agent", "hc", req.HC, "agent", s.remote, "error", err)
 			continue
@@ -218,12 +222,8 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 		break
 	}
 	if notified == nil {
-		delivered = true
 		return nil, status.Errorf(status.NoListener, "no agent for %q took the stream", req.HC)
 	}
-	c.mu.Lock()
-	p.session = notified
-	c.mu.Unlock()
 
 	t := time.NewTimer(c.joinTimeout)
 	defer t.Stop()
@@ -559,6 +559,10 @@ func (c *Core) sweep(ok func(Grant) bool, streams bool, why *status.Error) {
 	for _, l := range lapsed {
 		c.log.Warn("agent attachment ended", "hc", l.hc, "agent", l.s.remote, "reason", why.Msg)
 		l.s.conn.Detached(l.hc, why)
+		if l.s.attachedCount() == 0 {
+			// Nothing it authenticated for is left: end the channel too.
+			l.s.conn.Close(why)
+		}
 	}
 	for _, st := range cut {
 		c.log.Warn("stream ended", "hc", st.hc, "stream", st.id.String(), "reason", why.Msg,

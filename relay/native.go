@@ -280,7 +280,7 @@ func (c *nativeControl) send(f wire.Frame) bool {
 		return false
 	default:
 		// The agent is not reading: it cannot serve streams either.
-		c.Close(errors.New("control channel queue full"))
+		c.closeNow() // and there is no room to say why
 		return false
 	}
 }
@@ -296,13 +296,29 @@ func (c *nativeControl) Accept(a Accept) error {
 // Detached implements ListenerConn.
 func (c *nativeControl) Detached(hc string, why error) { c.send(attachedOf(hc, why)) }
 
-// Close implements ListenerConn.
-func (c *nativeControl) Close(error) {
+// Close implements ListenerConn. With a reason, frames already queued (such
+// as the ATTACHED that says why) are written first, for at most a second.
+func (c *nativeControl) Close(why error) {
+	if why != nil {
+		select {
+		case c.out <- closeFrame{}:
+			time.AfterFunc(time.Second, c.closeNow)
+			return
+		default:
+		}
+	}
+	c.closeNow()
+}
+
+func (c *nativeControl) closeNow() {
 	c.once.Do(func() {
 		close(c.done)
 		c.conn.Close()
 	})
 }
+
+// closeFrame is a marker in the write queue: close once it is reached.
+type closeFrame struct{ wire.Frame }
 
 func (c *nativeControl) writeLoop() {
 	ping := time.NewTicker(PingInterval)
@@ -311,7 +327,7 @@ func (c *nativeControl) writeLoop() {
 	w := func(f wire.Frame) bool {
 		c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := wire.Write(c.conn, f); err != nil {
-			c.Close(err)
+			c.closeNow()
 			return false
 		}
 		return true
@@ -321,6 +337,10 @@ func (c *nativeControl) writeLoop() {
 		case <-c.done:
 			return
 		case f := <-c.out:
+			if _, ok := f.(closeFrame); ok {
+				c.closeNow()
+				return
+			}
 			if !w(f) {
 				return
 			}
