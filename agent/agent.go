@@ -141,19 +141,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	if grace == 0 {
 		grace = DefaultGrace
 	}
-	done := make(chan struct{})
-	go func() { a.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(grace):
+	if n := stream.Drain(&a.wg, grace, func() int {
 		a.mu.Lock()
-		n := len(a.streams)
+		defer a.mu.Unlock()
 		for s := range a.streams {
 			s.conn.Close()
 		}
-		a.mu.Unlock()
+		return len(a.streams)
+	}); n > 0 {
 		a.log.Warn("grace period over; closed live streams", "streams", n)
-		<-done
 	}
 	a.audit.Load().Close()
 	a.log.Info("agent stopped")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Counts reports the bytes a Pipe moved in each direction.
@@ -70,4 +71,23 @@ func IsClosed(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
 		errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// Drain waits for the streams counted by wg to end by themselves for up to
+// grace, then calls cut, which closes what is still live and returns how
+// many it closed, and waits for them to wind down. It returns cut's count
+// (0 when everything ended in time).
+func Drain(wg *sync.WaitGroup, grace time.Duration, cut func() int) int {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return 0
+	case <-t.C:
+	}
+	n := cut()
+	<-done
+	return n
 }
