@@ -1,12 +1,15 @@
 // Package proxy runs beside the app: it maps local ports to hybrid
 // connections, so an app reaches an on-premises resource through the relay
-// with its connection string unchanged.
+// with its connection string unchanged. Apps whose connection strings name
+// the on-premises host itself are served by a SOCKS5 listener (socks.go) or,
+// for any client, by transparent hosts mode (hosts.go).
 package proxy
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -41,15 +44,26 @@ type Proxy struct {
 	cfg    atomic.Pointer[rules.Proxy]
 	relays atomic.Pointer[[]relay]
 
-	mu       sync.Mutex
-	running  bool
-	ctx      context.Context
-	mappings map[string]*mapping // by listen address
-	streams  map[net.Conn]struct{}
-	loops    sync.WaitGroup // accept loops
-	wg       sync.WaitGroup // forwards
+	mu         sync.Mutex
+	running    bool
+	ctx        context.Context
+	mappings   map[string]*mapping // by listen address
+	socks      *socksListener      // nil when proxy.socks is unset
+	hosts      *hostsPlan          // the hosts file block as last written; nil when none
+	streams    map[net.Conn]struct{}
+	handshakes map[net.Conn]struct{} // SOCKS connections not yet carrying a stream
+	loops      sync.WaitGroup        // accept loops
+	wg         sync.WaitGroup        // forwards and SOCKS connections
+
+	// openStream opens a stream on a connection: Open, except in tests.
+	openStream func(context.Context, *rules.ProxyConnection) (net.Conn, error)
+	socksLog   *stdlog.Logger // go-socks5's logger, into ours
+	socksTime  time.Duration  // SOCKS handshake deadline: SocksHandshakeTimeout, except in tests
 
 	opened, refused atomic.Int64
+	// socksBad counts SOCKS handshakes that failed (garbage, stalled, bad
+	// credentials); socksBusy those closed at once over maxSocksHandshakes.
+	socksBad, socksBusy atomic.Int64
 }
 
 type relay struct {
@@ -66,7 +80,13 @@ type mapping struct {
 
 // New prepares a proxy; it does not listen yet.
 func New(cfg *rules.Proxy, log hclog.Logger) (*Proxy, error) {
-	p := &Proxy{log: log, mappings: map[string]*mapping{}, streams: map[net.Conn]struct{}{}}
+	p := &Proxy{log: log, mappings: map[string]*mapping{}, streams: map[net.Conn]struct{}{},
+		handshakes: map[net.Conn]struct{}{}}
+	p.openStream = p.Open
+	p.socksTime = SocksHandshakeTimeout
+	// go-socks5 logs every failed handshake as [ERR]: a scanner could fill
+	// the log. Its lines go in at debug; the proxy logs the outcomes itself.
+	p.socksLog = log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug})
 	if err := p.store(cfg); err != nil {
 		return nil, err
 	}
@@ -86,14 +106,20 @@ func (p *Proxy) store(cfg *rules.Proxy) error {
 	return nil
 }
 
-// Run opens every mapping's listener and serves until ctx is done; then it
-// stops accepting, lets live streams finish for the grace period and closes
-// them. It fails at once if a listener cannot be opened.
+// Run opens every mapping's listener (and the SOCKS5 listener, and writes
+// the hosts file block in hosts mode, replacing whatever a crash left) and
+// serves until ctx is done; then it removes the hosts file block, stops
+// accepting, drops SOCKS clients still in their handshake, lets live streams
+// finish for the grace period and closes them. It fails at once if a
+// listener cannot be opened or the hosts file cannot be written.
 func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.ctx = ctx
 	p.running = true
 	err := p.syncLocked(p.cfg.Load())
+	if err != nil {
+		p.running = false
+	}
 	p.mu.Unlock()
 	if err != nil {
 		return err
@@ -101,9 +127,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 	<-ctx.Done()
 	p.mu.Lock()
 	p.running = false
+	// Names stop resolving to us before the listeners go.
+	p.syncHostsLocked(nil)
 	for addr, m := range p.mappings {
 		m.ln.Close()
 		delete(p.mappings, addr)
+	}
+	if p.socks != nil {
+		p.socks.ln.Close()
+		p.socks = nil
+	}
+	for c := range p.handshakes {
+		c.Close()
 	}
 	p.mu.Unlock()
 	p.loops.Wait()
@@ -126,34 +161,66 @@ func (p *Proxy) Apply(cfg *rules.Proxy) error {
 	return p.syncLocked(cfg)
 }
 
-// syncLocked makes the listeners match cfg, all or nothing.
+// syncLocked makes the listeners (port forwards, hosts mode's, SOCKS5) and
+// the hosts file block match cfg, all or nothing: everything new is bound
+// and the block written before anything old is closed.
 func (p *Proxy) syncLocked(cfg *rules.Proxy) error {
+	if len(cfg.Relays) == 0 {
+		return errors.New("proxy: no relay configured")
+	}
 	want := map[string]*rules.ProxyConnection{}
 	for i := range cfg.Connections {
 		if c := &cfg.Connections[i]; c.Listen != "" {
 			want[c.Listen] = c
 		}
 	}
+	plan, err := planHosts(cfg)
+	if err != nil {
+		return err
+	}
+	if plan != nil {
+		// rules keeps explicit listen addresses out of the range: no overlap.
+		for addr, c := range plan.listens {
+			want[addr] = c
+		}
+	}
 	added := map[string]*mapping{}
+	var socks *socksListener
+	rollback := func() {
+		for _, m := range added {
+			m.ln.Close()
+		}
+		if socks != nil {
+			socks.ln.Close()
+		}
+	}
 	for addr, c := range want {
 		if _, ok := p.mappings[addr]; ok {
 			continue
 		}
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			for _, m := range added {
-				m.ln.Close()
-			}
+			rollback()
 			return fmt.Errorf("proxy: listen for %q: %w", c.Name, err)
 		}
 		m := &mapping{ln: ln}
 		m.conn.Store(c)
 		added[addr] = m
 	}
-	if err := p.store(cfg); err != nil {
-		for _, m := range added {
-			m.ln.Close()
+	if cfg.Socks != "" && (p.socks == nil || p.socks.addr != cfg.Socks) {
+		ln, err := net.Listen("tcp", cfg.Socks)
+		if err != nil {
+			rollback()
+			return fmt.Errorf("proxy: listen for socks: %w", err)
 		}
+		socks = &socksListener{addr: cfg.Socks, ln: ln}
+	}
+	if err := p.syncHostsLocked(plan); err != nil {
+		rollback()
+		return err
+	}
+	if err := p.store(cfg); err != nil { // cannot fail: relays checked above
+		rollback()
 		return err
 	}
 	for addr, m := range p.mappings {
@@ -177,6 +244,56 @@ func (p *Proxy) syncLocked(cfg *rules.Proxy) error {
 			p.acceptLoop(p.ctx, m)
 		}()
 	}
+	if p.socks != nil && (cfg.Socks == "" || socks != nil) {
+		p.socks.ln.Close() // SOCKS streams already open go on
+		p.log.Info("socks: stopped listening", "listen", p.socks.ln.Addr().String())
+		p.socks = nil
+	}
+	if socks != nil {
+		p.socks = socks
+		p.log.Info("socks: listening", "listen", socks.ln.Addr().String(), "auth", len(cfg.SocksAuth) > 0)
+		p.loops.Add(1)
+		go func() {
+			defer p.loops.Done()
+			p.socksAcceptLoop(p.ctx, socks)
+		}()
+	}
+	return nil
+}
+
+// syncHostsLocked makes the hosts file block match plan (nil: no block) and
+// remembers it. A failure to write the wanted block is returned (nothing has
+// changed then); a failure to remove a block that is no longer wanted (hosts
+// mode turned off, or its file changed) is only logged, since its names then
+// point at closed ports at worst.
+func (p *Proxy) syncHostsLocked(plan *hostsPlan) error {
+	old := p.hosts
+	if plan != nil {
+		changed, inPlace, shadowed, err := updateHostsFile(plan.file, plan.entries, plan.rng)
+		if err != nil {
+			return err
+		}
+		if changed {
+			p.log.Info("hosts: file updated", "file", plan.file, "entries", len(plan.entries), "in_place", inPlace)
+			for _, e := range plan.entries {
+				p.log.Info("hosts: mapped", "name", e.Name, "address", e.Addr.String())
+			}
+		}
+		if changed || old == nil {
+			for _, s := range shadowed {
+				p.log.Warn("hosts: a name is also mapped outside the managed block; the resolver may use that line instead",
+					"file", plan.file, "line", s)
+			}
+		}
+	}
+	if old != nil && (plan == nil || old.file != plan.file) {
+		if changed, _, _, err := updateHostsFile(old.file, nil, old.rng); err != nil {
+			p.log.Error("hosts: could not remove the managed block", "file", old.file, "error", err)
+		} else if changed {
+			p.log.Info("hosts: removed the managed block", "file", old.file)
+		}
+	}
+	p.hosts = plan
 	return nil
 }
 
@@ -239,7 +356,7 @@ func (p *Proxy) acceptLoop(ctx context.Context, m *mapping) {
 // forward carries one app connection through a hybrid connection.
 func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnection) {
 	log := p.log.With("hc", c.Name, "app", app.RemoteAddr().String())
-	up, err := p.Open(ctx, c)
+	up, err := p.openStream(ctx, c)
 	if err != nil {
 		p.refused.Add(1)
 		log.Error("stream refused", "error", err)

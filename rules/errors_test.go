@@ -65,7 +65,7 @@ func TestErrors(t *testing.T) {
 `,
 			want: []string{
 				`hybrid.yaml:3: proxy.conections: unknown field "conections" (did you mean "connections"?)`,
-				`hybrid.yaml:4: proxy.colour: unknown field "colour" (want admin, connections, proxy_url, relay, socks or transport)`,
+				`hybrid.yaml:4: proxy.colour: unknown field "colour" (want admin, connections, hosts, proxy_url, relay, socks, socks_auth or transport)`,
 			},
 		},
 		{
@@ -347,6 +347,112 @@ relay:
 				`hybrid.yaml:6: proxy.connections[1].listen: "localhost:1080" conflicts with proxy.socks "127.0.0.1:1080"`,
 				`hybrid.yaml:7: proxy.connections[2]: needs listen (a local port forward), endpoint (for SOCKS), or both`,
 				`hybrid.yaml:8: proxy.connections[3].listen: "0.0.0.0:5432" conflicts with proxy.connections[0].listen "127.0.0.2:5432"`,
+			},
+		},
+		{
+			name: "proxy socks_auth",
+			src: `proxy:
+  relay: r.example.com
+  socks: 127.0.0.1:1080
+  socks_auth:
+    - {username: billing, password: ` + K + `}
+    - {username: billing, password: ` + K + `}
+    - {username: "has space", password: short}
+    - {password: ` + K + `, password_file: p.txt}
+    - {username: ok, password: "${HYBRID_TEST_UNSET}"}
+    - username: long
+      password: "` + strings.Repeat("x", 256) + `"
+`,
+			want: []string{
+				`hybrid.yaml:6: proxy.socks_auth[1].username: duplicate username "billing" (first at line 5)`,
+				`hybrid.yaml:7: proxy.socks_auth[2].username: invalid username "has space": want A-Z a-z 0-9 . _ -`,
+				`hybrid.yaml:7: proxy.socks_auth[2].password: key too short: 5 characters, want at least 16 (hybrid keys new makes one)`,
+				`hybrid.yaml:8: proxy.socks_auth[3].username: required`,
+				`hybrid.yaml:8: proxy.socks_auth[3].password_file: give either password or password_file, not both`,
+				`hybrid.yaml:9: proxy.socks_auth[4].password: environment variable HYBRID_TEST_UNSET is not set`,
+				`hybrid.yaml:11: proxy.socks_auth[5].password: password too long: 256 bytes, SOCKS5 carries at most 255`,
+			},
+		},
+		{
+			name: "proxy socks_auth without socks",
+			src: `proxy:
+  relay: r.example.com
+  socks_auth: {username: a, password: ` + K + `}
+`,
+			want: []string{`hybrid.yaml:3: proxy.socks_auth: has no effect without socks: add socks (the SOCKS5 listen address) or remove socks_auth`},
+		},
+		{
+			name: "proxy socks_auth empty list",
+			src: `proxy:
+  relay: r.example.com
+  socks: 127.0.0.1:1080
+  socks_auth: []
+`,
+			want: []string{`hybrid.yaml:4: proxy.socks_auth: want at least one user (leave socks_auth out for no authentication)`},
+		},
+		{
+			name: "proxy socks_auth scalar",
+			src: `proxy:
+  relay: r.example.com
+  socks: 127.0.0.1:1080
+  socks_auth: billing
+`,
+			want: []string{`hybrid.yaml:4: proxy.socks_auth: want a mapping {username, password} or a list of them, got a string`},
+		},
+		{
+			name: "proxy hosts bad values",
+			src: `proxy:
+  relay: r.example.com
+  hosts:
+    file: ""
+    range: 10.0.0.0/16
+    colour: blue
+`,
+			want: []string{
+				`hybrid.yaml:4: proxy.hosts.file: must not be empty (leave file out for /etc/hosts)`,
+				`hybrid.yaml:5: proxy.hosts.range: invalid range "10.0.0.0/16": not inside 127.0.0.0/8 (hosts mode listens on loopback addresses)`,
+				`hybrid.yaml:6: proxy.hosts.colour: unknown field "colour" (want file or range)`,
+			},
+		},
+		{
+			name: "proxy hosts range too small for the names",
+			src: `proxy:
+  relay: r.example.com
+  hosts: {range: 127.1.2.4/30}
+  connections:
+    - {name: a, endpoint: a.corp.local:1, key_name: k, key: ` + K + `}
+    - {name: b, endpoint: b.corp.local:1, key_name: k, key: ` + K + `}
+    - {name: b2, endpoint: b.corp.local:2, key_name: k, key: ` + K + `}
+    - {name: c, endpoint: c.corp.local:1, key_name: k, key: ` + K + `}
+    - {name: ip, endpoint: 10.0.0.1:1, key_name: k, key: ` + K + `}
+`,
+			want: []string{`hybrid.yaml:3: proxy.hosts.range: 127.1.2.4/30 has 2 usable addresses, fewer than the 3 host names hosts mode maps`},
+		},
+		{
+			name: "proxy hosts null",
+			src: `proxy:
+  relay: r.example.com
+  hosts:
+`,
+			want: []string{`hybrid.yaml:3: proxy.hosts: want a mapping, got nothing`},
+		},
+		{
+			name: "proxy hosts listeners that would collide",
+			src: `proxy:
+  relay: r.example.com
+  socks: 127.77.0.1:1080
+  hosts: {range: 127.77.0.0/16}
+  connections:
+    - {name: a, endpoint: pg.corp.local:5432, key_name: k, key: ` + K + `}
+    - {name: b, endpoint: 10.0.0.1:5433, listen: "0.0.0.0:5433", key_name: k, key: ` + K + `}
+    - {name: c, endpoint: db.corp.local:1433, listen: "0.0.0.0:5432", key_name: k, key: ` + K + `}
+    - {name: d, listen: "127.77.255.255:80", key_name: k, key: ` + K + `}
+    - {name: e, endpoint: localhost:6543, listen: "0.0.0.0:6543", key_name: k, key: ` + K + `}
+`,
+			want: []string{
+				`hybrid.yaml:3: proxy.socks: "127.77.0.1:1080" is inside proxy.hosts.range 127.77.0.0/16, whose addresses hosts mode hands out`,
+				`hybrid.yaml:8: proxy.connections[2].listen: "0.0.0.0:5432" takes port 5432 on every address, which hosts mode needs for pg.corp.local:5432`,
+				`hybrid.yaml:9: proxy.connections[3].listen: "127.77.255.255:80" is inside proxy.hosts.range 127.77.0.0/16, whose addresses hosts mode hands out`,
 			},
 		},
 		{

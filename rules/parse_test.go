@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -333,11 +334,109 @@ agent:
 				}
 			},
 		},
+		{
+			name: "socks_auth as one mapping; hosts with defaults",
+			src: `proxy:
+  relay: relay.example.com
+  socks: 127.0.0.1:1080
+  socks_auth: {username: billing, password: "` + keySixteen + `"}
+  hosts: {}
+  connections:
+    - {name: a, endpoint: "PG.Corp.Local.:5432", key_name: k, key: "` + keySixteen + `"}
+    - {name: b, endpoint: "127.0.0.1:5432", listen: "0.0.0.0:5433", key_name: k, key: "` + keySixteen + `"}
+    - {name: c, endpoint: "localhost:1433", listen: "0.0.0.0:1433", key_name: k, key: "` + keySixteen + `"}
+`,
+			check: func(t *testing.T, c *Config) {
+				p := c.Proxy
+				if !reflect.DeepEqual(p.SocksAuth, []SocksUser{{Username: "billing", Password: keySixteen}}) {
+					t.Errorf("socks_auth = %+v", p.SocksAuth)
+				}
+				want := Hosts{File: "/etc/hosts", Range: netip.MustParsePrefix("127.77.0.0/16")}
+				if p.Hosts == nil || *p.Hosts != want {
+					t.Errorf("hosts = %+v, want %+v", p.Hosts, want)
+				}
+				if p.Connections[0].Endpoint != "pg.corp.local:5432" {
+					t.Errorf("endpoint = %q", p.Connections[0].Endpoint)
+				}
+			},
+		},
+		{
+			name: "socks_auth as a list; hosts file relative to the config",
+			src: `proxy:
+  relay: relay.example.com
+  socks: 127.0.0.1:1080
+  socks_auth:
+    - {username: billing, password: "` + keySixteen + `"}
+    - {username: reports.app-2, password: "` + keyApps1 + `"}
+  hosts: {file: etc/hosts, range: 127.100.4.0/30}
+`,
+			check: func(t *testing.T, c *Config) {
+				p := c.Proxy
+				want := []SocksUser{{Username: "billing", Password: keySixteen}, {Username: "reports.app-2", Password: keyApps1}}
+				if !reflect.DeepEqual(p.SocksAuth, want) {
+					t.Errorf("socks_auth = %+v", p.SocksAuth)
+				}
+				abs, _ := filepath.Abs("etc/hosts")
+				if p.Hosts.File != abs || p.Hosts.Range != netip.MustParsePrefix("127.100.4.0/30") {
+					t.Errorf("hosts = %+v", p.Hosts)
+				}
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.check(t, parseOK(t, "hybrid.yaml", tt.src))
 		})
+	}
+}
+
+func TestHostsRange(t *testing.T) {
+	clearEnv(t)
+	tests := []struct {
+		in   string
+		want string // error message after "proxy.hosts.range: "; "" when valid
+	}{
+		{"127.77.0.0/16", ""},
+		{"127.128.0.0/9", ""},
+		{"127.0.1.0/24", ""},
+		{"127.1.2.4/30", ""},
+		{"127.77.1.0/16", `invalid range "127.77.1.0/16": host bits set (did you mean 127.77.0.0/16?)`},
+		{"127.0.0.0/8", `invalid range "127.0.0.0/8": contains 127.0.0.1, where this machine's own services listen (try 127.77.0.0/16)`},
+		{"127.0.0.0/24", `invalid range "127.0.0.0/24": contains 127.0.0.1, where this machine's own services listen (try 127.77.0.0/16)`},
+		{"127.1.2.4/31", `invalid range "127.1.2.4/31": too small (want /30 or larger)`},
+		{"0.0.0.0/0", `invalid range "0.0.0.0/0": not inside 127.0.0.0/8 (hosts mode listens on loopback addresses)`},
+		{"10.0.0.0/8", `invalid range "10.0.0.0/8": not inside 127.0.0.0/8 (hosts mode listens on loopback addresses)`},
+		{"::1/128", `invalid range "::1/128": want an IPv4 prefix inside 127.0.0.0/8 (hosts mode listens on loopback addresses)`},
+		{"127.77.0.0", `invalid range "127.77.0.0": want an IPv4 prefix such as 127.77.0.0/16`},
+		{"127.77.0.0/16 ", `invalid range "127.77.0.0/16 ": want an IPv4 prefix such as 127.77.0.0/16`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			src := "proxy:\n  relay: r.example.com\n  hosts: {range: \"" + tt.in + "\"}\n"
+			c, err := Parse("hybrid.yaml", []byte(src))
+			if tt.want == "" {
+				if err != nil || c.Proxy.Hosts.Range.String() != tt.in {
+					t.Fatalf("got %v, %v; want %s", c, err, tt.in)
+				}
+				return
+			}
+			if want := "hybrid.yaml:3: proxy.hosts.range: " + tt.want; err == nil || err.Error() != want {
+				t.Fatalf("got %v\nwant %s", err, want)
+			}
+		})
+	}
+}
+
+func TestHostsMaps(t *testing.T) {
+	var h *Hosts
+	for ep, want := range map[string]bool{
+		"pg.corp.local:5432": true, "intranet:80": true, "127.0.0.1:5432": false, "[::1]:5432": false,
+		"localhost:5432": false, "db.localhost:5432": false, "localhost.corp:5432": true, "": false,
+	} {
+		name, port, ok := h.Maps(ep)
+		if ok != want || ok && (name+":"+fmt.Sprint(port)) != ep {
+			t.Errorf("Maps(%q) = %q, %d, %v; want %v", ep, name, port, ok, want)
+		}
 	}
 }
 

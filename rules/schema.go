@@ -17,7 +17,13 @@
 // that it can be shared between goroutines and swapped atomically on reload.
 package rules
 
-import "slices"
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/hybridconn/hybrid/internal/endpoint"
+)
 
 // EmbeddedFile is the File of a Config parsed from a built-in default rather
 // than from a file: Parse(EmbeddedFile, data) resolves relative paths against
@@ -38,6 +44,9 @@ const (
 	DefaultHTTPPort    = 443  // relay endpoint http
 
 	DefaultTransport = TransportAuto // agent/proxy transport
+
+	DefaultHostsFile  = "/etc/hosts"    // proxy.hosts.file
+	DefaultHostsRange = "127.77.0.0/16" // proxy.hosts.range
 )
 
 // Transports: the values of agent.transport and proxy.transport.
@@ -246,6 +255,12 @@ type Proxy struct {
 	// Socks is the SOCKS5 listen address (canonical host:port); "" means no
 	// SOCKS listener.
 	Socks string
+	// SocksAuth lists the username/password pairs (RFC 1929) of which a
+	// SOCKS client must present one (yaml: socks_auth — one mapping or a
+	// non-empty list); nil means no authentication. Only set when Socks is.
+	SocksAuth []SocksUser
+	// Hosts is the transparent hosts mode (yaml: hosts); nil means off.
+	Hosts *Hosts
 	// Admin is the listen address of the status/metrics endpoint; "" means
 	// none.
 	Admin string
@@ -254,6 +269,42 @@ type Proxy struct {
 	ProxyURL string
 	// Connections are the hybrid connections this proxy uses.
 	Connections []ProxyConnection
+}
+
+// SocksUser is one SOCKS5 username/password pair of proxy.socks_auth.
+type SocksUser struct {
+	// Username is 1..255 of A-Z a-z 0-9 . _ -, unique within socks_auth.
+	Username string
+	// Password (yaml: password, ${ENV} or password_file) is 16..255 bytes.
+	Password string
+}
+
+// Hosts is the transparent hosts mode: for every connection whose endpoint
+// is a host name (see Maps), the proxy listens on an address of Range derived
+// from the name, on the endpoint's own port, and maps the name to that
+// address in a marked block of File, so that apps reach the endpoint by its
+// on-premises name, unchanged.
+type Hosts struct {
+	// File is the hosts file holding the block (yaml: file), absolute.
+	// Default DefaultHostsFile.
+	File string
+	// Range is the IPv4 prefix addresses are taken from (yaml: range):
+	// masked, inside 127.0.0.0/8, /9 to /30, never containing 127.0.0.1.
+	// Default DefaultHostsRange. No other proxy listen address lies inside
+	// it.
+	Range netip.Prefix
+}
+
+// Maps reports whether hosts mode maps ep (a canonical endpoint) and, if so,
+// returns its host name and port: every endpoint whose host is a name, except
+// localhost and *.localhost, which name the app's own machine and must never
+// be redirected.
+func (h *Hosts) Maps(ep string) (name string, port uint16, ok bool) {
+	e, err := endpoint.Parse(ep)
+	if err != nil || e.IsIP() || e.Host == "localhost" || strings.HasSuffix(e.Host, ".localhost") {
+		return "", 0, false
+	}
+	return e.Host, e.Port, true
 }
 
 // ProxyConnection is a hybrid connection used by the proxy. At least one of

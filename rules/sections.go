@@ -2,8 +2,10 @@ package rules
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -516,9 +518,11 @@ func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
 				x.Transport = s
 			}
 		},
-		"socks":     listenField(&x.Socks),
-		"admin":     listenField(&x.Admin),
-		"proxy_url": func(p string, v *yaml.Node) { x.ProxyURL, _ = d.proxyURL(p, v) },
+		"socks":      listenField(&x.Socks),
+		"socks_auth": func(p string, v *yaml.Node) { x.SocksAuth = d.socksAuth(p, v) },
+		"hosts":      func(p string, v *yaml.Node) { x.Hosts = d.hosts(p, v) },
+		"admin":      listenField(&x.Admin),
+		"proxy_url":  func(p string, v *yaml.Node) { x.ProxyURL, _ = d.proxyURL(p, v) },
 		"connections": func(p string, v *yaml.Node) {
 			var ls []listenAddr
 			x.Connections, ls = d.proxyConnections(p, v)
@@ -529,8 +533,189 @@ func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
 		return x
 	}
 	d.require(path, seen, "relay")
+	if seen["socks_auth"] && !seen["socks"] && !seen[mergeKey] {
+		d.fieldErr(path+".socks_auth", "has no effect without socks: add socks (the SOCKS5 listen address) or remove socks_auth")
+	}
 	d.checkListeners(sortByLine(d, listen))
+	if x.Hosts != nil && !d.badUnder(path+".hosts") {
+		d.checkHosts(path, x.Hosts, x.Connections, listen)
+	}
 	return x
+}
+
+// socksAuth decodes proxy.socks_auth: one {username, password} mapping or a
+// non-empty list of them, usernames unique.
+func (d *decoder) socksAuth(path string, n *yaml.Node) []SocksUser {
+	v := deref(n)
+	switch {
+	case v == nil:
+		return nil
+	case v.Kind == yaml.MappingNode:
+		return []SocksUser{d.socksUser(path, v)}
+	case v.Kind != yaml.SequenceNode:
+		d.typeErr(path, v, "a mapping {username, password} or a list of them")
+		return nil
+	}
+	items, ok := d.seq(path, v)
+	if !ok {
+		return nil
+	}
+	if len(items) == 0 {
+		d.fieldErr(path, "want at least one user (leave socks_auth out for no authentication)")
+		return nil
+	}
+	out := make([]SocksUser, 0, len(items))
+	first := map[string]int{}
+	for i, it := range items {
+		ip := index(path, i)
+		u := d.socksUser(ip, it)
+		if u.Username != "" {
+			if l, dup := first[u.Username]; dup {
+				d.fieldErr(ip+".username", "duplicate username %q (first at line %d)", u.Username, l)
+			} else {
+				first[u.Username] = d.line(ip + ".username")
+			}
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+// maxSocksField is the longest username or password SOCKS5 can carry
+// (RFC 1929: one length byte).
+const maxSocksField = 255
+
+// socksUser decodes one {username, password | password_file}.
+func (d *decoder) socksUser(path string, n *yaml.Node) SocksUser {
+	var u SocksUser
+	raw := map[string]string{}
+	rawStr := func(name string) func(string, *yaml.Node) {
+		return func(p string, v *yaml.Node) {
+			if s, ok := d.str(p, v); ok {
+				raw[name] = s
+			}
+		}
+	}
+	seen, ok := d.mapping(path, n, fields{
+		"username":      func(p string, v *yaml.Node) { u.Username, _ = d.name(p, v, checkSocksUsername) },
+		"password":      rawStr("password"),
+		"password_file": rawStr("password_file"),
+	})
+	if !ok {
+		return u
+	}
+	d.require(path, seen, "username")
+	u.Password = d.secret(path, "password", seen, raw, true)
+	if len(u.Password) > maxSocksField {
+		f := "password"
+		if seen["password_file"] {
+			f = "password_file"
+		}
+		d.fieldErr(child(path, f), "password too long: %d bytes, SOCKS5 carries at most %d", len(u.Password), maxSocksField)
+		u.Password = ""
+	}
+	return u
+}
+
+// checkSocksUsername validates a SOCKS5 username: characters that survive
+// every client's configuration syntax (URLs, proxychains.conf).
+func checkSocksUsername(s string) error {
+	switch {
+	case s == "":
+		return errors.New("must not be empty")
+	case len(s) > maxSocksField:
+		return fmt.Errorf("invalid username %q: longer than %d characters", s, maxSocksField)
+	case !validChars(s):
+		return fmt.Errorf("invalid username %q: want A-Z a-z 0-9 . _ -", s)
+	}
+	return nil
+}
+
+// hosts decodes proxy.hosts, a mapping {file, range} whose fields default.
+func (d *decoder) hosts(path string, n *yaml.Node) *Hosts {
+	h := &Hosts{File: DefaultHostsFile, Range: netip.MustParsePrefix(DefaultHostsRange)}
+	_, ok := d.mapping(path, n, fields{
+		"file": func(p string, v *yaml.Node) {
+			s, ok := d.str(p, v)
+			switch {
+			case !ok:
+			case s == "":
+				d.fieldErr(p, "must not be empty (leave file out for %s)", DefaultHostsFile)
+			default:
+				h.File = d.resolve(s)
+			}
+		},
+		"range": func(p string, v *yaml.Node) {
+			if r, ok := d.hostsRange(p, v); ok {
+				h.Range = r
+			}
+		},
+	})
+	if !ok {
+		return nil
+	}
+	return h
+}
+
+// loopback4 is where hosts mode may take addresses: Linux routes all of it
+// to the loopback interface, so any address in it can be bound at once.
+var loopback4 = netip.MustParsePrefix("127.0.0.0/8")
+
+// hostsRange decodes proxy.hosts.range.
+func (d *decoder) hostsRange(path string, n *yaml.Node) (netip.Prefix, bool) {
+	s, ok := d.str(path, n)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bad := func(format string, args ...any) (netip.Prefix, bool) {
+		d.fieldErr(path, "invalid range %q: "+format, append([]any{s}, args...)...)
+		return netip.Prefix{}, false
+	}
+	r, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		return bad("want an IPv4 prefix such as %s", DefaultHostsRange)
+	case !r.Addr().Is4():
+		return bad("want an IPv4 prefix inside 127.0.0.0/8 (hosts mode listens on loopback addresses)")
+	case r.Masked() != r:
+		return bad("host bits set (did you mean %s?)", r.Masked())
+	case r.Bits() < loopback4.Bits() || !loopback4.Contains(r.Addr()):
+		return bad("not inside 127.0.0.0/8 (hosts mode listens on loopback addresses)")
+	case r.Bits() > 30:
+		return bad("too small (want /30 or larger)")
+	case r.Contains(netip.AddrFrom4([4]byte{127, 0, 0, 1})):
+		return bad("contains 127.0.0.1, where this machine's own services listen (try %s)", DefaultHostsRange)
+	}
+	return r, true
+}
+
+// checkHosts reports the listen addresses hosts mode would collide with: one
+// inside the range (hosts mode hands those out), or a wildcard one on a port
+// that a mapped name needs.
+func (d *decoder) checkHosts(path string, h *Hosts, conns []ProxyConnection, listen []listenAddr) {
+	ports := map[int]string{} // port -> the first mapped endpoint on it
+	names := map[string]bool{}
+	for _, c := range conns {
+		if name, port, ok := h.Maps(c.Endpoint); ok {
+			names[name] = true
+			if _, dup := ports[int(port)]; !dup {
+				ports[int(port)] = c.Endpoint
+			}
+		}
+	}
+	// Each name takes one address; the range's first and last are never used.
+	if usable := 1<<(32-h.Range.Bits()) - 2; len(names) > usable {
+		d.fieldErr(path+".hosts.range", "%s has %d usable addresses, fewer than the %d host names hosts mode maps", h.Range, usable, len(names))
+	}
+	for _, a := range sortByLine(d, listen) {
+		switch {
+		case d.bad(a.field):
+		case a.ip.IsValid() && h.Range.Contains(a.ip):
+			d.fieldErr(a.field, "%q is inside %s.hosts.range %s, whose addresses hosts mode hands out", a.text, path, h.Range)
+		case a.wildcard() && ports[a.port] != "":
+			d.fieldErr(a.field, "%q takes port %d on every address, which hosts mode needs for %s", a.text, a.port, ports[a.port])
+		}
+	}
 }
 
 // proxyConnections decodes proxy.connections and returns their listen
