@@ -313,19 +313,15 @@ func (p *Proxy) drain() {
 	if grace == 0 {
 		grace = DefaultGrace
 	}
-	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(grace):
+	if n := stream.Drain(&p.wg, grace, func() int {
 		p.mu.Lock()
-		n := len(p.streams)
+		defer p.mu.Unlock()
 		for c := range p.streams {
 			c.Close()
 		}
-		p.mu.Unlock()
+		return len(p.streams)
+	}); n > 0 {
 		p.log.Warn("grace period over; closed live streams", "streams", n)
-		<-done
 	}
 }
 
