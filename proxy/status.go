@@ -8,10 +8,13 @@ import (
 
 // Status is the proxy's part of /status.
 type Status struct {
-	Forwarding    []Forward        `json:"forwarding"`
-	Relays        []string         `json:"relays"`
-	StreamsActive int              `json:"streams_active"`
-	Counters      map[string]int64 `json:"counters"`
+	Forwarding    []Forward         `json:"forwarding"`
+	Socks         string            `json:"socks,omitempty"`      // SOCKS5 listen address
+	HostsFile     string            `json:"hosts_file,omitempty"` // hosts mode's file
+	Hosts         map[string]string `json:"hosts,omitempty"`      // name → loopback address
+	Relays        []string          `json:"relays"`
+	StreamsActive int               `json:"streams_active"`
+	Counters      map[string]int64  `json:"counters"`
 }
 
 // Forward is one local listener.
@@ -22,7 +25,8 @@ type Forward struct {
 
 // Status reports the proxy's listeners and streams.
 func (p *Proxy) Status() Status {
-	st := Status{Counters: map[string]int64{"streams_opened": p.opened.Load(), "streams_refused": p.refused.Load()}}
+	st := Status{Counters: map[string]int64{"streams_opened": p.opened.Load(), "streams_refused": p.refused.Load(),
+		"socks_bad_handshakes": p.socksBad.Load(), "socks_busy": p.socksBusy.Load()}}
 	for _, r := range *p.relays.Load() {
 		st.Relays = append(st.Relays, r.client.String())
 	}
@@ -31,6 +35,16 @@ func (p *Proxy) Status() Status {
 		st.Forwarding = append(st.Forwarding, Forward{Listen: m.ln.Addr().String(), HC: m.conn.Load().Name})
 	}
 	st.StreamsActive = len(p.streams)
+	if p.socks != nil {
+		st.Socks = p.socks.ln.Addr().String()
+	}
+	if p.hosts != nil {
+		st.HostsFile = p.hosts.file
+		st.Hosts = map[string]string{}
+		for _, e := range p.hosts.entries {
+			st.Hosts[e.Name] = e.Addr.String()
+		}
+	}
 	p.mu.Unlock()
 	sort.Slice(st.Forwarding, func(i, j int) bool { return st.Forwarding[i].Listen < st.Forwarding[j].Listen })
 	return st
@@ -52,5 +66,7 @@ func (p *Proxy) Register(a *admin.Admin) {
 		defer p.mu.Unlock()
 		return float64(len(p.mappings))
 	})
+	a.Counter("hybrid_proxy_socks_failed_handshakes_total", "SOCKS5 handshakes that failed: garbage, stalled, bad credentials, or over the limit of clients in their handshake.",
+		nil, func() float64 { return float64(p.socksBad.Load() + p.socksBusy.Load()) })
 	a.AddStatus("proxy", func() any { return p.Status() })
 }

@@ -161,6 +161,12 @@ func printStatus(ctx context.Context, w io.Writer, base string, raw bool) error 
 		for _, f := range p.Forwarding {
 			fmt.Fprintf(w, "    %s -> %s\n", f.Listen, f.HC)
 		}
+		if p.Socks != "" {
+			fmt.Fprintf(w, "    socks5 %s (%d failed handshakes)\n", p.Socks, p.Counters["socks_bad_handshakes"]+p.Counters["socks_busy"])
+		}
+		if p.HostsFile != "" {
+			fmt.Fprintf(w, "    hosts mode in %s: %d names\n", p.HostsFile, len(p.Hosts))
+		}
 	}
 	if c := doc.Config; c != nil {
 		m := *c
