@@ -73,6 +73,19 @@ type runner struct {
 	connected bool
 	listening []string
 	lastError string
+	warnedFor map[string]bool // connections already logged as outside allow
+}
+
+// warned reports whether name was already logged as not served, and marks it.
+func (r *runner) warned(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.warnedFor == nil {
+		r.warnedFor = map[string]bool{}
+	}
+	w := r.warnedFor[name]
+	r.warnedFor[name] = true
+	return w
 }
 
 func (r *runner) set(connected bool, attached map[string]rules.AgentConnection, err error) {
@@ -286,6 +299,13 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 		want := map[string]bool{}
 		failed := false
 		for _, conn := range cfg.Connections {
+			if _, err := Authorize(cfg, conn.Name, ""); err != nil {
+				// Published but outside allow: the cap wins.
+				if _, ok := attached[conn.Name]; ok || !r.warned(conn.Name) {
+					log.Error("not serving: "+err.Msg, "hc", conn.Name)
+				}
+				continue
+			}
 			want[conn.Name] = true
 			if have, ok := attached[conn.Name]; ok && have.KeyName == conn.KeyName && have.Key == conn.Key {
 				attached[conn.Name] = conn

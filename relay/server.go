@@ -63,6 +63,21 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// ReloadCertificate re-reads the TLS certificate and key files named in the
+// current configuration (for SIGHUP: renewed files under the same names do
+// not change the config). Without TLS it does nothing.
+func (s *Server) ReloadCertificate() error {
+	cfg := s.cfg.Load()
+	if cfg.TLS == nil || s.tls == nil {
+		return nil
+	}
+	if err := s.loadCert(cfg.TLS); err != nil {
+		return err
+	}
+	s.log.Info("TLS certificate reloaded", "cert", cfg.TLS.Cert)
+	return nil
+}
+
 func (s *Server) loadCert(t *rules.TLS) error {
 	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 	if err != nil {

@@ -21,6 +21,7 @@ type decoder struct {
 	file  string         // as given, for messages
 	dir   string         // absolute directory for relative paths
 	errs  Errors         // problems found so far
+	warns Errors         // valid but worth saying (Config.Warnings)
 	lines map[string]int // field path -> line of its key (or list item)
 	nodes int            // values visited, against maxNodes
 	// errAt and errUnder hold the fields with an error, and those with an
@@ -50,6 +51,11 @@ func (d *decoder) bad(field string) bool { return d.errAt[field] }
 func (d *decoder) badUnder(field string) bool { return d.errUnder[field] }
 
 // fieldErr reports a problem at field's own line, or its nearest ancestor's.
+// fieldWarn records something valid but likely unintended about field.
+func (d *decoder) fieldWarn(field, format string, args ...any) {
+	d.warns = append(d.warns, Error{File: d.file, Line: d.line(field), Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
 func (d *decoder) fieldErr(field, format string, args ...any) {
 	d.errorf(d.line(field), field, format, args...)
 }

@@ -66,6 +66,8 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, d.errs
 	}
 	cfg.lines = d.lines
+	d.warns.sort()
+	cfg.Warnings = d.warns
 	return cfg, nil
 }
 

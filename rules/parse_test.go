@@ -616,3 +616,27 @@ func TestErrorFormat(t *testing.T) {
 		t.Errorf("Errors.Error() = %q, want %q", got, want)
 	}
 }
+
+// TestAllowIsACapNotAnError: an endpoint outside agent.allow is valid (so
+// narrowing allow on a reload takes effect) and reported as a warning with
+// its line.
+func TestAllowIsACapNotAnError(t *testing.T) {
+	src := `agent:
+  relays: [r.example.com]
+  allow: ["db.example.com:5432"]
+  connections:
+    - {name: a, endpoint: db.example.com:5432, key_name: k, key: 0123456789abcdef}
+    - name: b
+      endpoint: 10.0.0.2:22
+      key_name: k
+      key: 0123456789abcdef
+`
+	c, err := Parse("hybrid.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `hybrid.yaml:7: agent.connections[1].endpoint: "10.0.0.2:22" is not in agent.allow: the agent will not serve it`
+	if len(c.Warnings) != 1 || c.Warnings[0].Error() != want {
+		t.Fatalf("warnings %v, want %q", c.Warnings, want)
+	}
+}

@@ -80,6 +80,10 @@ type Config struct {
 	Agent *Agent
 	// Proxy is nil when the file has no proxy section.
 	Proxy *Proxy
+	// Warnings are things valid but likely unintended (a published endpoint
+	// outside agent.allow), as "file:line: field: message"; nil when none.
+	// `hybrid check` prints them and the roles log them.
+	Warnings Errors
 
 	lines map[string]int // field path -> line; read-only after Parse
 }

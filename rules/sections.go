@@ -451,7 +451,10 @@ func (d *decoder) agent(path string, n *yaml.Node) *Agent {
 		for i, c := range a.Connections {
 			ep := index(path+".connections", i) + ".endpoint"
 			if c.Endpoint != "" && !allow[c.Endpoint] {
-				d.fieldErr(ep, "%q is not in %s.allow", c.Endpoint, path)
+				// Not an error: allow is the administrator's cap, and
+				// narrowing it must take effect (the agent refuses the
+				// connection and cuts its streams), not be refused.
+				d.fieldWarn(ep, "%q is not in %s.allow: the agent will not serve it", c.Endpoint, path)
 			}
 		}
 	}

@@ -38,9 +38,10 @@ func loadConfig(cmd *cobra.Command) (*rules.Config, error) {
 
 // role is one runnable section.
 type role struct {
-	name  string
-	run   func(context.Context) error
-	apply func(*rules.Config) error // takes a reloaded configuration
+	name    string
+	run     func(context.Context) error
+	apply   func(*rules.Config) error // takes a reloaded configuration
+	refresh func() error              // SIGHUP: re-read what lives outside the config (certificates); may be nil
 }
 
 func roleCommand(use, short, section string) *cobra.Command {
@@ -64,7 +65,13 @@ own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
 			if err != nil {
 				return configErr(fmt.Errorf("%s: log: %w", cfg.File, err))
 			}
+			for _, w := range cfg.Warnings {
+				log.Warn(w.Error())
+			}
 			ad := admin.New()
+			if err := unsupported(cfg, section); err != nil {
+				return configErr(err)
+			}
 			roles, err := buildRoles(cfg, section, log, ad)
 			if err != nil {
 				return err
@@ -90,7 +97,7 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger, ad *admin.A
 				return nil, configErr(err)
 			}
 			s.Register(ad)
-			roles = append(roles, role{"relay", s.Run, func(c *rules.Config) error { return s.Apply(c.Relay) }})
+			roles = append(roles, role{"relay", s.Run, func(c *rules.Config) error { return s.Apply(c.Relay) }, s.ReloadCertificate})
 		} else if section != "" {
 			return nil, missing(section)
 		}
@@ -102,7 +109,7 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger, ad *admin.A
 				return nil, runtimeErr(err)
 			}
 			a.Register(ad)
-			roles = append(roles, role{"agent", a.Run, func(c *rules.Config) error { return a.Apply(c.Agent) }})
+			roles = append(roles, role{"agent", a.Run, func(c *rules.Config) error { return a.Apply(c.Agent) }, nil})
 			if cfg.Agent.Admin != "" {
 				adminAddrs[cfg.Agent.Admin] = true
 			}
@@ -117,7 +124,7 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger, ad *admin.A
 				return nil, configErr(err)
 			}
 			p.Register(ad)
-			roles = append(roles, role{"proxy", p.Run, func(c *rules.Config) error { return p.Apply(c.Proxy) }})
+			roles = append(roles, role{"proxy", p.Run, func(c *rules.Config) error { return p.Apply(c.Proxy) }, nil})
 			if cfg.Proxy.Admin != "" {
 				adminAddrs[cfg.Proxy.Admin] = true
 			}
@@ -166,6 +173,14 @@ func runRoles(ctx context.Context, cfg *rules.Config, roles []role, log *logging
 				case <-hup:
 					log.Info("SIGHUP: reloading configuration", "file", cfg.File)
 					w.Reload()
+					for _, r := range roles {
+						if r.refresh == nil {
+							continue
+						}
+						if err := r.refresh(); err != nil {
+							log.Error("SIGHUP: refresh failed; keeping what runs", "role", r.name, "error", err)
+						}
+					}
 				}
 			}
 		}()
@@ -213,6 +228,9 @@ func applyAll(next *rules.Config, roles []role, log *logging.Root) error {
 	if err := log.Set(next.Log.Level, next.Log.Format); err != nil {
 		return err
 	}
+	for _, w := range next.Warnings {
+		log.Warn(w.Error())
+	}
 	var errs []error
 	for _, r := range roles {
 		if err := r.apply(next); err != nil {
@@ -236,4 +254,30 @@ func registerWatcher(ad *admin.Admin, w *rules.Watcher) {
 		return map[string]any{"file": w.Current().File, "reloads_succeeded": st.Succeeded, "reloads_failed": st.Failed,
 			"last_error": st.LastError, "last_error_time": st.LastErrorTime, "last_success_time": st.LastSuccessTime}
 	})
+}
+
+// unsupported refuses settings this build parses but cannot honour yet, so
+// that nobody believes they are in force.
+func unsupported(cfg *rules.Config, section string) error {
+	type client struct {
+		name, transport, proxyURL string
+	}
+	var cs []client
+	if cfg.Agent != nil && (section == "" || section == "agent") {
+		cs = append(cs, client{"agent", cfg.Agent.Transport, cfg.Agent.ProxyURL})
+	}
+	if cfg.Proxy != nil && (section == "" || section == "proxy") {
+		cs = append(cs, client{"proxy", cfg.Proxy.Transport, cfg.Proxy.ProxyURL})
+	}
+	for _, c := range cs {
+		if c.transport == rules.TransportWebSocket {
+			return fmt.Errorf("%s:%d: %s.transport: websocket is not available in this build yet (use tcp or auto)",
+				cfg.File, cfg.Line(c.name+".transport"), c.name)
+		}
+		if c.proxyURL != "" {
+			return fmt.Errorf("%s:%d: %s.proxy_url: relaying through an HTTP CONNECT proxy is not available in this build yet",
+				cfg.File, cfg.Line(c.name+".proxy_url"), c.name)
+		}
+	}
+	return nil
 }

@@ -47,6 +47,9 @@ Exit 0 when the file is valid, 1 otherwise.`,
 			if cfg.Proxy != nil {
 				sections = append(sections, fmt.Sprintf("proxy with %d connections", len(cfg.Proxy.Connections)))
 			}
+			for _, w := range cfg.Warnings {
+				fmt.Fprintln(cmd.OutOrStdout(), "warning: "+w.Error())
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%s)\n", cfg.File, strings.Join(sections, "; "))
 			return nil
 		},
