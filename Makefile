@@ -44,6 +44,8 @@ fuzz:
 	$(GO) test ./internal/sas -run '^$$' -fuzz FuzzParseToken -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/endpoint -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./rules -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzMatchSocks -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzEditHosts -fuzztime $(FUZZTIME)
 
 # Throughput and latency through the tunnel as ratios against direct loopback.
 bench:
