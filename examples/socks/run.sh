@@ -22,89 +22,38 @@
 # user namespaces, needed). The real /etc/hosts is never touched.
 #
 # Needs: go, curl, unshare and mount (util-linux), Linux. KEEP=1 keeps the
-# temp dir.
+# temp dir. The steps shared by all examples are in ../lib.sh.
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../.." && pwd)
+# shellcheck source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 RESOURCE=127.0.0.1:18181             # the intranet web server (agent.yaml: intranet.corp.example:18181)
 URL=http://intranet.corp.example:18181/hello
 SOCKS=127.0.0.1:11080                # proxy.yaml: socks
 RELAY_PORTS=(16671 19362 18090)      # relay.yaml: control, data, http
 
-if [[ -t 1 ]]; then say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }; else say() { printf '\n== %s\n' "$*"; }; fi
-die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
-listening() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-bound() { ss -Hltn "sport = :$2" 2>/dev/null | grep -qF "$1:$2"; }
-wait_for() {
-	local what=$1 secs=$2 i; shift 2
-	for ((i = 0; i < secs * 10; i++)); do "$@" && return 0; sleep 0.1; done
-	die "timed out after ${secs}s waiting for $what"
-}
-
 # ---------------------------------------------------------------- preflight
-for c in go curl unshare mount ss; do command -v "$c" >/dev/null || die "$c not found"; done
-for p in "${RELAY_PORTS[@]}" 18181 11080; do
-	! listening 127.0.0.1 "$p" || die "127.0.0.1:$p is in use; this example uses fixed ports (see the yaml files)"
-done
-# A private mount namespace: as root, or in a user namespace of our own.
-ns=(unshare -m --propagation private)
-[[ $EUID -eq 0 ]] || ns=(unshare -r -m --propagation private)
-"${ns[@]}" true 2>/dev/null || die "cannot make a private mount namespace (${ns[*]}): run as root"
+need go curl unshare mount ss
+ports_free 127.0.0.1 "${RELAY_PORTS[@]}" 18181 11080
+need_mount_ns # the agent's private /etc/hosts
 
 # ------------------------------------------------------------ setup/cleanup
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/hybrid-socks.XXXXXX")
-pids=()
-cleanup() {
-	local rc=$? pid i
-	set +e
-	trap - EXIT INT TERM
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null; done
-	for pid in "${pids[@]}"; do
-		for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-	done
-	if ((rc != 0)); then
-		for f in resource.log relay.log agent.log proxy.log; do
-			[[ -s $tmp/$f ]] && { printf '\n--- last lines of %s ---\n' "$f" >&2; tail -n 20 "$tmp/$f" >&2; }
-		done
-	fi
-	if [[ ${KEEP:-} == 1 ]]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_tmp socks resource.log relay.log agent.log proxy.log
 
 say "building hybrid and the demo web server"
-(cd "$root" && go build -o "$tmp/hybrid" ./cmd/hybrid && go build -o "$tmp/demo-resource" ./examples/demo-resource)
-hybrid=$tmp/hybrid
+build_hybrid demo-resource=examples/demo-resource
 
 say "keys: hybrid keys new (send, listen) and a SOCKS password"
-export HYBRID_SEND_KEY HYBRID_LISTEN_KEY HYBRID_SOCKS_PASSWORD
-HYBRID_SEND_KEY=$("$hybrid" keys new)
-HYBRID_LISTEN_KEY=$("$hybrid" keys new)
+new_keys
+export HYBRID_SEND_KEY=$send_key HYBRID_LISTEN_KEY=$listen_key HYBRID_SOCKS_PASSWORD
 # Letters and digits only, so it fits curl's --proxy-user and proxychains.conf as is.
 HYBRID_SOCKS_PASSWORD=$("$hybrid" keys new | tr -dc 'A-Za-z0-9')
-cp "$here"/{relay,agent,proxy}.yaml "$here/onprem-hosts" "$tmp/"
-for f in relay agent proxy; do "$hybrid" check --config "$tmp/$f.yaml"; done
+copy_configs onprem-hosts
+check_configs
 
 say "starting the intranet web server, relay, agent (with the on-prem DNS) and proxy"
-"$tmp/demo-resource" -listen "$RESOURCE" >"$tmp/resource.log" 2>&1 &
-pids+=($!)
-wait_for "the web server" 10 bound 127.0.0.1 18181
-"$hybrid" relay --config "$tmp/relay.yaml" >"$tmp/relay.log" 2>&1 &
-pids+=($!)
-wait_for "the relay" 15 bound 127.0.0.1 "${RELAY_PORTS[1]}"
-# The agent alone sees onprem-hosts as its /etc/hosts.
-"${ns[@]}" sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' "$tmp/onprem-hosts" \
-	"$hybrid" agent --config "$tmp/agent.yaml" >"$tmp/agent.log" 2>&1 &
-pids+=($!)
-wait_for "the agent to attach" 15 grep -qs 'listening.*hc=intranet' "$tmp/agent.log"
-"$hybrid" proxy --config "$tmp/proxy.yaml" >"$tmp/proxy.log" 2>&1 &
-pids+=($!)
+start_onprem "$RESOURCE" intranet
+spawn proxy "$hybrid" proxy --config "$tmp/proxy.yaml"
 wait_for "the proxy's SOCKS5 listener" 15 bound 127.0.0.1 11080
 echo "relay, agent and proxy are up; SOCKS5 on $SOCKS (user billing-app)"
 
