@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/stream"
 	"github.com/hybridconn/hybrid/internal/wire"
@@ -178,6 +179,16 @@ func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
 			return
 		}
 		d.core.Splice(pr, peer)
+	case *wire.Check:
+		right := sas.Rights(f.Right)
+		if right != sas.Listen && right != sas.Send && right != sas.Manage {
+			d.refuse(conn, "check", status.Errorf(status.BadRequest, "unknown right %d", f.Right))
+			return
+		}
+		_, err := d.core.authorize(f.HC, f.Token, right, remote)
+		conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		wire.Write(conn, resultOf(err))
+		conn.Close()
 	case *wire.Join:
 		if err := d.core.Join(StreamID(f.ID), f.HC, f.Token, peer); err != nil {
 			d.refuse(conn, "join", err)

@@ -370,3 +370,34 @@ func TestFailedAuthLimit(t *testing.T) {
 		t.Fatal("another address is blocked too")
 	}
 }
+
+func TestCheck(t *testing.T) {
+	r := startRelay(t)
+	c := relayclient.New(r.ep)
+	ctx := context.Background()
+	tests := []struct {
+		name, hc, keyName, key string
+		right                  sas.Rights
+		want                   status.Code
+	}{
+		{"send key may send", "pg", "apps", sendKey, sas.Send, status.OK},
+		{"listen key may listen", "pg", "onprem", listenKey, sas.Listen, status.OK},
+		{"listen key may not send", "pg", "onprem", listenKey, sas.Send, status.Forbidden},
+		{"wrong value", "pg", "apps", "not-the-key-000000000000000000", sas.Send, status.Unauthorized},
+		{"unknown connection", "nope", "apps", sendKey, sas.Send, status.NotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := c.Check(ctx, tt.hc, token(tt.hc, tt.keyName, tt.key), tt.right)
+			if got := status.CodeOf(err); got != tt.want {
+				t.Fatalf("got %v (%v), want %v", got, err, tt.want)
+			}
+		})
+	}
+	// A check opens nothing: no stream, no pending pairing.
+	r.srv.core.mu.Lock()
+	defer r.srv.core.mu.Unlock()
+	if len(r.srv.core.pending) != 0 || len(r.srv.core.streams) != 0 {
+		t.Fatal("a check left state behind")
+	}
+}

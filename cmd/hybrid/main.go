@@ -88,6 +88,7 @@ reads only its own. Exit codes: 0 ok, 1 bad config or usage, 2 runtime failure.`
 		roleCommand("up", "Run every section present in the config in one process", ""),
 		checkCommand(),
 		keysCommand(),
+		diagnoseCommand(),
 		statusCommand(),
 		versionCommand(),
 	)

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/wire"
 	"github.com/hybridconn/hybrid/rules"
@@ -46,6 +47,9 @@ type Client interface {
 	Open(ctx context.Context, hc, token, target string) (net.Conn, error)
 	// Listen opens a control channel as an agent named agent.
 	Listen(ctx context.Context, agent, version string) (Control, error)
+	// Check asks whether token grants right (sas.Listen or sas.Send) on hc,
+	// opening nothing. A refusal is a *status.Error.
+	Check(ctx context.Context, hc, token string, right sas.Rights) error
 	// String names the relay for logs.
 	String() string
 }
@@ -168,6 +172,15 @@ func (c *native) Open(ctx context.Context, hc, token, target string) (net.Conn, 
 		return nil, err
 	}
 	return conn, nil
+}
+
+func (c *native) Check(ctx context.Context, hc, token string, right sas.Rights) error {
+	conn, err := c.dial(ctx, c.ep.Data)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return handshake(ctx, conn, &wire.Check{HC: hc, Token: token, Right: uint8(right)}, HandshakeTimeout)
 }
 
 func (c *native) Listen(ctx context.Context, agent, version string) (Control, error) {

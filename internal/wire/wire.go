@@ -22,6 +22,10 @@
 //	  relay → agent   RESULT{code, msg}   ok: raw bytes follow
 //	  relay → proxy   RESULT{code, msg}   ok: raw bytes follow
 //
+//	data connection for a credentials check (hybrid diagnose), nothing after:
+//	  client → relay  preface, CHECK{hc, token, right}
+//	  relay → client  RESULT{code, msg}
+//
 // Every frame is a 5-byte header — type (1 byte) and payload length (uint32,
 // big endian) — and a payload of fields: strings as uint16 length + bytes,
 // codes as one byte, nonces as uint64, stream ids as 16 bytes. Read never
@@ -70,12 +74,14 @@ const (
 	TypeOpen     Type = 0x21
 	TypeJoin     Type = 0x22
 	TypeResult   Type = 0x23
+	TypeCheck    Type = 0x24
 )
 
 var typeNames = map[Type]string{
 	TypeHello: "HELLO", TypeAttach: "ATTACH", TypeDetach: "DETACH", TypeRenew: "RENEW",
 	TypePing: "PING", TypePong: "PONG", TypeReject: "REJECT", TypeAccept: "ACCEPT",
 	TypeAttached: "ATTACHED", TypeOpen: "OPEN", TypeJoin: "JOIN", TypeResult: "RESULT",
+	TypeCheck: "CHECK",
 }
 
 // String returns the frame type's name.
@@ -164,7 +170,15 @@ type Join struct {
 	Token string
 }
 
-// Result answers Hello, Open and Join. After an OK Result on a data
+// Check asks the relay whether token grants Right (1 listen, 2 send) on HC,
+// without opening anything: it is how `hybrid diagnose` tests a key.
+type Check struct {
+	HC    string
+	Token string
+	Right uint8
+}
+
+// Result answers Hello, Open, Join and Check. After an OK Result on a data
 // connection, the connection carries raw stream bytes.
 type Result struct {
 	Code status.Code
@@ -191,6 +205,7 @@ func (*Reject) Type() Type   { return TypeReject }
 func (*Open) Type() Type     { return TypeOpen }
 func (*Join) Type() Type     { return TypeJoin }
 func (*Result) Type() Type   { return TypeResult }
+func (*Check) Type() Type    { return TypeCheck }
 
 func (f *Hello) appendPayload(b []byte) []byte {
 	return appendStr(appendStr(b, f.Agent), f.Version)
@@ -217,6 +232,9 @@ func (f *Join) appendPayload(b []byte) []byte {
 	return appendStr(appendStr(append(b, f.ID[:]...), f.HC), f.Token)
 }
 func (f *Result) appendPayload(b []byte) []byte { return appendStr(append(b, byte(f.Code)), f.Msg) }
+func (f *Check) appendPayload(b []byte) []byte {
+	return append(appendStr(appendStr(b, f.HC), f.Token), f.Right)
+}
 
 func (f *Hello) decode(d *decoder)    { f.Agent, f.Version = d.str(), d.str() }
 func (f *Attach) decode(d *decoder)   { f.HC, f.Token = d.str(), d.str() }
@@ -232,6 +250,12 @@ func (f *Reject) decode(d *decoder) { f.ID, f.Code, f.Msg = d.id(), d.code(), d.
 func (f *Open) decode(d *decoder)   { f.HC, f.Token, f.Target = d.str(), d.str(), d.str() }
 func (f *Join) decode(d *decoder)   { f.ID, f.HC, f.Token = d.id(), d.str(), d.str() }
 func (f *Result) decode(d *decoder) { f.Code, f.Msg = d.code(), d.str() }
+func (f *Check) decode(d *decoder) {
+	f.HC, f.Token = d.str(), d.str()
+	if b := d.take(1); b != nil {
+		f.Right = b[0]
+	}
+}
 
 func newFrame(t Type) Frame {
 	switch t {
@@ -259,6 +283,8 @@ func newFrame(t Type) Frame {
 		return new(Join)
 	case TypeResult:
 		return new(Result)
+	case TypeCheck:
+		return new(Check)
 	}
 	return nil
 }

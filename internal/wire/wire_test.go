@@ -29,6 +29,7 @@ func sampleFrames() []Frame {
 		&Join{ID: id, HC: "postgres", Token: "tok"},
 		&Result{Code: status.OK},
 		&Result{Code: status.Unreachable, Msg: "dial: refused"},
+		&Check{HC: "postgres", Token: "tok", Right: 2},
 		&Hello{}, // empty strings
 	}
 }
