@@ -220,7 +220,7 @@ func (a *Agent) Apply(cfg *rules.Agent) error {
 func (a *Agent) syncRelaysLocked(cfg *rules.Agent) {
 	want := map[string]rules.RelayEndpoint{}
 	for _, ep := range cfg.Relays {
-		want[relayKey(ep)] = ep
+		want[relayKey(ep)+"|"+cfg.ProxyURL] = ep
 	}
 	for k, r := range a.relays {
 		if _, ok := want[k]; !ok {
@@ -233,7 +233,7 @@ func (a *Agent) syncRelaysLocked(cfg *rules.Agent) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(a.runCtx)
-		c := relayclient.New(ep)
+		c := relayclient.New(ep, relayclient.WithProxy(cfg.ProxyURL))
 		r := &runner{cancel: cancel, done: make(chan struct{}), name: c.String()}
 		a.relays[k] = r
 		go func() {

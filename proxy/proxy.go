@@ -99,7 +99,7 @@ func (p *Proxy) store(cfg *rules.Proxy) error {
 	}
 	rs := make([]relay, 0, len(cfg.Relays))
 	for _, ep := range cfg.Relays {
-		rs = append(rs, relay{ep: ep, client: relayclient.New(ep)})
+		rs = append(rs, relay{ep: ep, client: relayclient.New(ep, relayclient.WithProxy(cfg.ProxyURL))})
 	}
 	p.cfg.Store(cfg)
 	p.relays.Store(&rs)

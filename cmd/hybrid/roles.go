@@ -259,25 +259,20 @@ func registerWatcher(ad *admin.Admin, w *rules.Watcher) {
 // unsupported refuses settings this build parses but cannot honour yet, so
 // that nobody believes they are in force.
 func unsupported(cfg *rules.Config, section string) error {
-	type client struct {
-		name, transport, proxyURL string
-	}
-	var cs []client
-	if cfg.Agent != nil && (section == "" || section == "agent") {
-		cs = append(cs, client{"agent", cfg.Agent.Transport, cfg.Agent.ProxyURL})
-	}
-	if cfg.Proxy != nil && (section == "" || section == "proxy") {
-		cs = append(cs, client{"proxy", cfg.Proxy.Transport, cfg.Proxy.ProxyURL})
-	}
-	for _, c := range cs {
-		if c.transport == rules.TransportWebSocket {
-			return fmt.Errorf("%s:%d: %s.transport: websocket is not available in this build yet (use tcp or auto)",
-				cfg.File, cfg.Line(c.name+".transport"), c.name)
+	check := func(name, transport string) error {
+		if section != "" && section != name || transport != rules.TransportWebSocket {
+			return nil
 		}
-		if c.proxyURL != "" {
-			return fmt.Errorf("%s:%d: %s.proxy_url: relaying through an HTTP CONNECT proxy is not available in this build yet",
-				cfg.File, cfg.Line(c.name+".proxy_url"), c.name)
+		return fmt.Errorf("%s:%d: %s.transport: websocket is not available in this build yet (use tcp or auto)",
+			cfg.File, cfg.Line(name+".transport"), name)
+	}
+	if cfg.Agent != nil {
+		if err := check("agent", cfg.Agent.Transport); err != nil {
+			return err
 		}
+	}
+	if cfg.Proxy != nil {
+		return check("proxy", cfg.Proxy.Transport)
 	}
 	return nil
 }

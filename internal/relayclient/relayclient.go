@@ -90,18 +90,22 @@ type Detached struct {
 }
 
 // New returns a native-protocol client for relay endpoint ep.
-func New(ep rules.RelayEndpoint) Client {
+func New(ep rules.RelayEndpoint, opts ...Option) Client {
 	c := &native{ep: ep, dialer: net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}}
 	if ep.TLS {
 		c.tls = &tls.Config{ServerName: ep.Host, MinVersion: tls.VersionTLS12}
+	}
+	for _, o := range opts {
+		o(c)
 	}
 	return c
 }
 
 type native struct {
-	ep     rules.RelayEndpoint
-	dialer net.Dialer
-	tls    *tls.Config
+	ep       rules.RelayEndpoint
+	dialer   net.Dialer
+	tls      *tls.Config
+	proxyURL string // HTTP CONNECT proxy; "" = from the environment
 }
 
 func (c *native) String() string {
@@ -110,7 +114,16 @@ func (c *native) String() string {
 
 func (c *native) dial(ctx context.Context, port int) (net.Conn, error) {
 	addr := net.JoinHostPort(c.ep.Host, strconv.Itoa(port))
-	conn, err := c.dialer.DialContext(ctx, "tcp", addr)
+	proxy, err := c.proxyFor(addr)
+	if err != nil {
+		return nil, err
+	}
+	var conn net.Conn
+	if proxy != nil {
+		conn, err = c.dialProxy(ctx, proxy, addr)
+	} else {
+		conn, err = c.dialer.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: %w", addr, err)
 	}
