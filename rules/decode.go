@@ -18,12 +18,13 @@ const maxNodes = 100_000
 // decoder walks a yaml.Node tree against the schema, collecting every problem.
 // It is used once, by one goroutine.
 type decoder struct {
-	file  string         // as given, for messages
-	dir   string         // absolute directory for relative paths
-	errs  Errors         // problems found so far
-	warns Errors         // valid but worth saying (Config.Warnings)
-	lines map[string]int // field path -> line of its key (or list item)
-	nodes int            // values visited, against maxNodes
+	file  string          // as given, for messages
+	dir   string          // absolute directory for relative paths
+	errs  Errors          // problems found so far
+	warns Errors          // valid but worth saying (Config.Warnings)
+	skip  map[string]bool // top-level sections left undecoded (ParseSections)
+	lines map[string]int  // field path -> line of its key (or list item)
+	nodes int             // values visited, against maxNodes
 	// errAt and errUnder hold the fields with an error, and those with an
 	// error at or below them, so checks can skip what is already reported.
 	errAt, errUnder map[string]bool

@@ -18,7 +18,11 @@ import (
 // Load reads and parses the config file at path (see Parse). An unreadable
 // file gives an Error with line 0 that wraps the I/O error; problems in the
 // file give Errors.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return LoadSections(path) }
+
+// LoadSections is Load for a process that runs only the named sections
+// ("relay", "agent", "proxy"; none means all): see ParseSections.
+func LoadSections(path string, sections ...string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		var pe *os.PathError
@@ -28,7 +32,7 @@ func Load(path string) (*Config, error) {
 		}
 		return nil, Error{File: path, Msg: msg, err: err}
 	}
-	return Parse(path, data)
+	return ParseSections(path, data, sections...)
 }
 
 // Parse decodes and validates one config file's contents. file names it in
@@ -39,7 +43,26 @@ func Load(path string) (*Config, error) {
 // found, sorted by line. It reads the environment (${VAR} secrets,
 // HYBRID_LOG_LEVEL, HYBRID_LOG_FORMAT) and key files, and keeps no state: it
 // is safe to call concurrently.
-func Parse(file string, data []byte) (*Config, error) {
+func Parse(file string, data []byte) (*Config, error) { return parse(file, data, nil) }
+
+// ParseSections is Parse for a process that runs only the named sections
+// ("relay", "agent", "proxy"; none means all). Each process reads only what
+// it runs: the other sections are not decoded (an unset ${VAR} in the agent
+// section of a file a relay also reads is not the relay's business) and are
+// nil in the result. `hybrid check` uses Parse, which judges the whole file.
+func ParseSections(file string, data []byte, sections ...string) (*Config, error) {
+	var skip map[string]bool
+	if len(sections) > 0 {
+		skip = map[string]bool{"relay": true, "agent": true, "proxy": true}
+		for _, s := range sections {
+			delete(skip, s)
+		}
+	}
+	return parse(file, data, skip)
+}
+
+// parse is Parse leaving the sections in skip undecoded.
+func parse(file string, data []byte, skip map[string]bool) (*Config, error) {
 	dir := filepath.Dir(file)
 	if file == EmbeddedFile {
 		dir = "."
@@ -47,7 +70,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	d := &decoder{file: file, dir: dir, lines: map[string]int{}}
+	d := &decoder{file: file, dir: dir, lines: map[string]int{}, skip: skip}
 
 	var cfg *Config
 	root, err := parseYAML(data)

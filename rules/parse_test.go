@@ -640,3 +640,36 @@ func TestAllowIsACapNotAnError(t *testing.T) {
 		t.Fatalf("warnings %v, want %q", c.Warnings, want)
 	}
 }
+
+// TestParseSections: a process reads only the sections it runs, so a
+// problem in another section (here an unset secret in the agent section) is
+// not its business; the whole file is still judged by Parse (hybrid check).
+func TestParseSections(t *testing.T) {
+	t.Setenv("HYBRID_TEST_SEND_KEY", "0123456789abcdef0123")
+	src := `relay:
+  namespace: ns
+  connections:
+    - name: pg
+      keys: [{name: apps, rights: [send], primary: "${HYBRID_TEST_SEND_KEY}"}]
+agent:
+  relays: [127.0.0.1]
+  connections:
+    - {name: pg, endpoint: "127.0.0.1:5432", key_name: onprem, key: "${HYBRID_TEST_UNSET_KEY}"}
+`
+	if _, err := Parse("hybrid.yaml", []byte(src)); err == nil || !strings.Contains(err.Error(), "hybrid.yaml:9: agent.connections[0].key") {
+		t.Fatalf("Parse: %v, want the agent's unset key reported", err)
+	}
+	c, err := ParseSections("hybrid.yaml", []byte(src), "relay")
+	if err != nil {
+		t.Fatalf("relay only: %v", err)
+	}
+	if c.Relay == nil || c.Agent != nil || c.Proxy != nil {
+		t.Fatalf("relay only: sections %v %v %v", c.Relay != nil, c.Agent != nil, c.Proxy != nil)
+	}
+	if _, err := ParseSections("hybrid.yaml", []byte(src), "agent"); err == nil || !strings.Contains(err.Error(), ":9: agent.connections[0].key") {
+		t.Fatalf("agent only: %v, want its unset key reported", err)
+	}
+	if _, err := ParseSections("hybrid.yaml", []byte("relay: [\n"), "relay"); err == nil {
+		t.Fatal("a syntax error was ignored")
+	}
+}

@@ -31,10 +31,22 @@ func (d *decoder) root(n *yaml.Node) *Config {
 		return cfg
 	}
 	seen, ok := d.mapping("", n, fields{
-		"log":   func(p string, v *yaml.Node) { cfg.Log = d.log(p, section(v)) },
-		"relay": func(p string, v *yaml.Node) { cfg.Relay = d.relay(p, section(v)) },
-		"agent": func(p string, v *yaml.Node) { cfg.Agent = d.agent(p, section(v)) },
-		"proxy": func(p string, v *yaml.Node) { cfg.Proxy = d.proxy(p, section(v)) },
+		"log": func(p string, v *yaml.Node) { cfg.Log = d.log(p, section(v)) },
+		"relay": func(p string, v *yaml.Node) {
+			if !d.skip["relay"] {
+				cfg.Relay = d.relay(p, section(v))
+			}
+		},
+		"agent": func(p string, v *yaml.Node) {
+			if !d.skip["agent"] {
+				cfg.Agent = d.agent(p, section(v))
+			}
+		},
+		"proxy": func(p string, v *yaml.Node) {
+			if !d.skip["proxy"] {
+				cfg.Proxy = d.proxy(p, section(v))
+			}
+		},
 	})
 	if ok && !seen["relay"] && !seen["agent"] && !seen["proxy"] {
 		d.errorf(0, "", "no relay, agent or proxy section")

@@ -58,6 +58,9 @@ type WatchOptions struct {
 	// per problem ("file:line: field: message"), warnings about the file
 	// watch. Default hclog.NewNullLogger().
 	Logger hclog.Logger
+	// Sections limits each re-read to the sections the process runs (see
+	// ParseSections); empty means all.
+	Sections []string
 }
 
 // Apply is called with each new valid snapshot; it returns an error when the
@@ -102,6 +105,7 @@ type Watcher struct {
 	debounce time.Duration
 	poll     time.Duration
 	log      hclog.Logger
+	sections []string
 
 	// newNotify creates the fsnotify watcher; tests replace it.
 	newNotify func() (*fsnotify.Watcher, error)
@@ -137,6 +141,7 @@ func NewWatcher(path string, initial *Config, apply Apply, opts WatchOptions) *W
 		debounce:  opts.Debounce,
 		poll:      opts.Poll,
 		log:       opts.Logger,
+		sections:  opts.Sections,
 		newNotify: fsnotify.NewWatcher,
 		reqs:      make(chan struct{}, 1),
 	}
@@ -440,7 +445,7 @@ func (w *Watcher) reload(ctx context.Context, force bool) {
 		return
 	}
 
-	next, err := Parse(w.path, data)
+	next, err := ParseSections(w.path, data, w.sections...)
 	if err != nil {
 		var es Errors
 		if errors.As(err, &es) {

@@ -26,14 +26,23 @@ const defaultConfigPath = "hybrid.yaml"
 
 // loadConfig reads --config. When the flag was not given and ./hybrid.yaml
 // does not exist, the embedded default (the repo's hybrid.yaml) is used.
-func loadConfig(cmd *cobra.Command) (*rules.Config, error) {
+func loadConfig(cmd *cobra.Command, sections ...string) (*rules.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
 	if !cmd.Flags().Changed("config") {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			return rules.Parse(rules.EmbeddedFile, hybrid.DefaultConfig)
+			return rules.ParseSections(rules.EmbeddedFile, hybrid.DefaultConfig, sections...)
 		}
 	}
-	return rules.Load(path)
+	return rules.LoadSections(path, sections...)
+}
+
+// sectionsOf lists what a role command reads: its own section, or every
+// section for "up".
+func sectionsOf(section string) []string {
+	if section == "" {
+		return nil
+	}
+	return []string{section}
 }
 
 // role is one runnable section.
@@ -57,7 +66,7 @@ own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
 		Long:  long,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd)
+			cfg, err := loadConfig(cmd, sectionsOf(section)...)
 			if err != nil {
 				return configErr(err)
 			}
@@ -76,7 +85,7 @@ own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
 			if err != nil {
 				return err
 			}
-			return runRoles(cmd.Context(), cfg, roles, log, ad)
+			return runRoles(cmd.Context(), cfg, sectionsOf(section), roles, log, ad)
 		},
 	}
 }
@@ -147,14 +156,14 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger, ad *admin.A
 // runRoles runs roles until ctx is done or one fails; a failure stops the
 // others. While they run, the config file is watched (and re-read on
 // SIGHUP); each valid new version is applied to every role.
-func runRoles(ctx context.Context, cfg *rules.Config, roles []role, log *logging.Root, ad *admin.Admin) error {
+func runRoles(ctx context.Context, cfg *rules.Config, sections []string, roles []role, log *logging.Root, ad *admin.Admin) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	if cfg.File != rules.EmbeddedFile {
 		w := rules.NewWatcher(cfg.File, cfg, func(next *rules.Config) error {
 			return applyAll(next, roles, log)
-		}, rules.WatchOptions{Logger: log.Named("config")})
+		}, rules.WatchOptions{Logger: log.Named("config"), Sections: sections})
 		registerWatcher(ad, w)
 		wg.Add(2)
 		go func() {
