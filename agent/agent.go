@@ -220,7 +220,7 @@ func (a *Agent) Apply(cfg *rules.Agent) error {
 func (a *Agent) syncRelaysLocked(cfg *rules.Agent) {
 	want := map[string]rules.RelayEndpoint{}
 	for _, ep := range cfg.Relays {
-		want[relayKey(ep)+"|"+cfg.ProxyURL] = ep
+		want[relayKey(ep)+"|"+cfg.ProxyURL+"|"+cfg.Transport] = ep
 	}
 	for k, r := range a.relays {
 		if _, ok := want[k]; !ok {
@@ -233,7 +233,8 @@ func (a *Agent) syncRelaysLocked(cfg *rules.Agent) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(a.runCtx)
-		c := relayclient.New(ep, relayclient.WithProxy(cfg.ProxyURL))
+		c := relayclient.New(ep, relayclient.WithProxy(cfg.ProxyURL), relayclient.WithTransport(cfg.Transport),
+			relayclient.WithLogger(a.log))
 		r := &runner{cancel: cancel, done: make(chan struct{}), name: c.String()}
 		a.relays[k] = r
 		go func() {

@@ -36,6 +36,9 @@ type Accept struct {
 	Target     string // requested host:port, "" for the published endpoint
 	SenderKey  string // name of the key the sender authenticated with
 	SenderAddr string // the sender's address as the relay sees it
+	// Headers are the sender's connect headers (WebSocket senders only),
+	// forwarded to WebSocket listeners as Azure's connectHeaders.
+	Headers map[string]string
 }
 
 // ListenerConn is a front door's side of an agent's control channel: the
@@ -67,6 +70,8 @@ type OpenRequest struct {
 	Token  string
 	Target string
 	Remote string // sender's address
+	// Headers are forwarded to WebSocket listeners (see Accept.Headers).
+	Headers map[string]string
 }
 
 // Core is the relay's heart: who listens for what, authentication, pairing,
@@ -106,6 +111,8 @@ type pending struct {
 	session *Session
 	joined  chan joined // buffered 1
 	failed  chan error
+
+	listenGrant Grant // set by Claim
 }
 
 type joined struct {
@@ -206,7 +213,7 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	if len(cands) == 0 {
 		return nil, status.Errorf(status.NoListener, "no agent is listening for %q", req.HC)
 	}
-	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote}
+	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote, Headers: req.Headers}
 	var notified *Session
 	for _, s := range cands { // failover: the first agent that takes the notice
 		// Record the agent before notifying it: its REJECT may come back
@@ -253,21 +260,62 @@ type Pairing struct {
 // Join hands an agent's data connection to the stream it was notified of.
 // On success the core owns peer.Conn.
 func (c *Core) Join(id StreamID, hc, token string, peer Peer) error {
-	grant, err := c.authorize(hc, token, sas.Listen, peer.Addr)
+	cl, err := c.Claim(id, hc, token, peer.Addr)
 	if err != nil {
 		return err
 	}
+	cl.Join(peer)
+	return nil
+}
+
+// Claim is a pending stream taken by its agent before the agent's connection
+// exists (the WebSocket front door must answer the rendezvous handshake with
+// a status before it upgrades). Exactly one of Join or Fail must be called.
+type Claim struct {
+	p *pending
+}
+
+// Join hands the agent's connection to the stream; the core owns it.
+func (cl *Claim) Join(peer Peer) { cl.p.joined <- joined{peer: peer, grant: cl.p.listenGrant} }
+
+// Fail ends the stream with err (an agent's rejection, or a failed upgrade).
+func (cl *Claim) Fail(err error) { cl.p.failed <- err }
+
+// Claim verifies an agent's right to pending stream id of hc and takes it
+// (single use). token may be "" for Azure compatibility, where the
+// rendezvous address is the capability: the grant of the agent session
+// that was notified is used, and it must still be attached to hc.
+func (c *Core) Claim(id StreamID, hc, token, remote string) (*Claim, error) {
+	var grant Grant
+	if token != "" {
+		g, err := c.authorize(hc, token, sas.Listen, remote)
+		if err != nil {
+			return nil, err
+		}
+		grant = g
+	}
 	c.mu.Lock()
 	p := c.pending[id]
-	if p != nil && p.req.HC == hc {
-		delete(c.pending, id) // single use
-	}
-	c.mu.Unlock()
 	if p == nil || p.req.HC != hc {
-		return status.Errorf(status.NotFound, "no pending stream %s for %q (expired or already joined)", id, hc)
+		c.mu.Unlock()
+		return nil, status.Errorf(status.NotFound, "no pending stream %s for %q (expired or already joined)", id, hc)
 	}
-	p.joined <- joined{peer: peer, grant: grant}
-	return nil
+	if token == "" {
+		var ok bool
+		if p.session != nil {
+			p.session.mu.Lock()
+			grant, ok = p.session.attached[hc]
+			p.session.mu.Unlock()
+		}
+		if !ok {
+			c.mu.Unlock()
+			return nil, status.Errorf(status.Unauthorized, "no token, and the notified agent no longer listens for %q", hc)
+		}
+	}
+	delete(c.pending, id) // single use
+	p.listenGrant = grant
+	c.mu.Unlock()
+	return &Claim{p: p}, nil
 }
 
 // reject fails a pending stream on the agent's word.

@@ -190,6 +190,12 @@ func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
 		wire.Write(conn, resultOf(err))
 		conn.Close()
 	case *wire.Join:
+		if f.Token == "" {
+			// Native agents always prove a listen key on JOIN (a leaked id
+			// alone is useless); only Azure's rendezvous omits it.
+			d.refuse(conn, "join", status.Errorf(status.Unauthorized, "JOIN without a token"))
+			return
+		}
 		if err := d.core.Join(StreamID(f.ID), f.HC, f.Token, peer); err != nil {
 			d.refuse(conn, "join", err)
 		}

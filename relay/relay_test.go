@@ -401,3 +401,32 @@ func TestCheck(t *testing.T) {
 		t.Fatal("a check left state behind")
 	}
 }
+
+// TestNativeJoinNeedsToken: over the native protocol a JOIN must carry a
+// listen token; the stream id alone is not enough.
+func TestNativeJoinNeedsToken(t *testing.T) {
+	r := startRelay(t)
+	ctx := context.Background()
+	ctl, err := relayclient.New(r.ep).Listen(ctx, "t", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	if err := ctl.Attach(ctx, "pg", token("pg", "onprem", listenKey)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if c, err := open(r, "pg", "apps", sendKey, ""); err == nil {
+			c.Close()
+		}
+	}()
+	ev := <-ctl.Events()
+	if _, err := ctl.Join(ctx, ev.Accept, ""); status.CodeOf(err) != status.Unauthorized {
+		t.Fatalf("tokenless native JOIN: %v", err)
+	}
+	c, err := ctl.Join(ctx, ev.Accept, token("pg", "onprem", listenKey))
+	if err != nil {
+		t.Fatalf("the stream was spent by the refused JOIN: %v", err)
+	}
+	c.Close()
+}

@@ -4,7 +4,8 @@
 //
 // The Core (core.go) holds the semantics and knows no wire format; front
 // doors translate protocols into it: native.go for hybrid's binary protocol
-// on the control and data ports.
+// on the control and data ports, websocket.go for Azure Relay's Hybrid
+// Connections protocol on the http port (under /$hc/).
 package relay
 
 import (
@@ -33,6 +34,7 @@ type Server struct {
 	cfg   atomic.Pointer[rules.Relay]
 	core  *Core
 	door  *nativeDoor
+	ws    *wsDoor
 	tls   *tls.Config // nil without TLS; its certificate is swapped on reload
 	cert  atomic.Pointer[tls.Certificate]
 	admin *admin.Admin  // set by Register: served on the http listener
@@ -49,6 +51,7 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 	s.cfg.Store(cfg)
 	s.core = NewCore(log, auth)
 	s.door = newNativeDoor(s.core, log)
+	s.ws = newWSDoor(s.core, log, cfg.TLS != nil)
 	if cfg.TLS != nil {
 		if err := s.loadCert(cfg.TLS); err != nil {
 			return nil, err
@@ -183,6 +186,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 			fmt.Fprintln(w, "ok")
 		})
 	}
+	mux.Handle("/$hc/", s.ws)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: HandshakeTimeout, ErrorLog: s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 
 	var wg sync.WaitGroup
@@ -228,6 +232,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	}
 	gctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	s.ws.shutdown() // hijacked control channels: hs.Shutdown ignores them
 	hs.Shutdown(gctx)
 	s.core.Shutdown(gctx)
 	s.door.closeAll()

@@ -13,11 +13,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -88,4 +90,41 @@ func TestTLSCertificateReload(t *testing.T) {
 	if got := serial(); got != 2 {
 		t.Fatalf("a failed reload changed the certificate: serial %d", got)
 	}
+}
+
+// TestWSOverTLS: the WebSocket door on a TLS relay (wss), both sides.
+func TestWSOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "relay.crt"), filepath.Join(dir, "relay.key")
+	writeCert(t, certFile, keyFile, 1)
+	l := &Listeners{Control: listen(t), Data: listen(t), HTTP: listen(t)}
+	keys := []rules.Key{{Name: "apps", Rights: []string{"send"}, Primary: sendKey}, {Name: "onprem", Rights: []string{"listen"}, Primary: listenKey}}
+	cfg := &rules.Relay{Namespace: ns, TLS: &rules.TLS{Cert: certFile, Key: keyFile},
+		Listen:      rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()},
+		Connections: []rules.RelayConnection{{Name: "pg", Keys: keys}}}
+	srv, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	defer func() { cancel(); <-done }()
+
+	pem, _ := os.ReadFile(certFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	ep := rules.RelayEndpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), TLS: true, Namespace: ns}
+	c := relayclient.New(ep, relayclient.WithTransport(rules.TransportWebSocket),
+		relayclient.WithTLSConfig(&tls.Config{RootCAs: pool, ServerName: "relay.test"}))
+	if !strings.HasPrefix(c.String(), "wss://") {
+		t.Fatalf("client %s, want wss", c)
+	}
+	startAgentWith(t, c, "pg", fullEcho)
+	conn, err := openWith(c, "pg", "apps", sendKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	roundTrip(t, conn)
 }

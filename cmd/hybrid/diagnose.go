@@ -74,7 +74,7 @@ func diagnose(ctx context.Context, cfg *rules.Config) []probe {
 		err := f(pctx)
 		rows = append(rows, probe{role, check, target, err, time.Since(start)})
 	}
-	relays := func(role string, eps []rules.RelayEndpoint, proxyURL string, right sas.Rights, conns []connKey) {
+	relays := func(role string, eps []rules.RelayEndpoint, proxyURL, transport string, right sas.Rights, conns []connKey) {
 		for _, ep := range eps {
 			for _, port := range []struct {
 				name string
@@ -85,7 +85,7 @@ func diagnose(ctx context.Context, cfg *rules.Config) []probe {
 			}
 			web := net.JoinHostPort(ep.Host, strconv.Itoa(ep.HTTP))
 			run(role, "relay http port", web, func(ctx context.Context) error { return healthz(ctx, ep, web) })
-			c := relayclient.New(ep, relayclient.WithProxy(proxyURL))
+			c := relayclient.New(ep, relayclient.WithProxy(proxyURL), relayclient.WithTransport(transport))
 			for _, k := range conns {
 				target := fmt.Sprintf("%s at %s (key %s)", k.hc, ep.Host, k.keyName)
 				run(role, right.String()+" key", target, func(ctx context.Context) error {
@@ -100,7 +100,7 @@ func diagnose(ctx context.Context, cfg *rules.Config) []probe {
 		for _, c := range a.Connections {
 			ks = append(ks, connKey{c.Name, c.KeyName, c.Key})
 		}
-		relays("agent", a.Relays, a.ProxyURL, sas.Listen, ks)
+		relays("agent", a.Relays, a.ProxyURL, a.Transport, sas.Listen, ks)
 		for _, c := range a.Connections {
 			run("agent", "published endpoint", c.Name+" -> "+c.Endpoint, func(ctx context.Context) error {
 				if _, err := agent.Authorize(a, c.Name, ""); err != nil {
@@ -120,7 +120,7 @@ func diagnose(ctx context.Context, cfg *rules.Config) []probe {
 		for _, c := range p.Connections {
 			ks = append(ks, connKey{c.Name, c.KeyName, c.Key})
 		}
-		relays("proxy", p.Relays, p.ProxyURL, sas.Send, ks)
+		relays("proxy", p.Relays, p.ProxyURL, p.Transport, sas.Send, ks)
 	}
 	return rows
 }

@@ -107,15 +107,3 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("exit %d, %q", code, out)
 	}
 }
-
-// TestUnsupportedSettingsRefused: settings parsed but not honoured yet stop
-// the role with the file and line instead of being silently ignored.
-func TestUnsupportedSettingsRefused(t *testing.T) {
-	dir := t.TempDir()
-	f := filepath.Join(dir, "p.yaml")
-	os.WriteFile(f, []byte("proxy:\n  relay: 127.0.0.1\n  transport: websocket\n  connections:\n    - {name: pg, listen: 127.0.0.2:1, key_name: a, key: \"0123456789abcdef0123\"}\n"), 0o600)
-	code, _, errs := runArgs(t, "proxy", "--config", f)
-	if code != exitConfig || !strings.Contains(errs, f+":3: proxy.transport: websocket is not available") {
-		t.Fatalf("exit %d, %q", code, errs)
-	}
-}

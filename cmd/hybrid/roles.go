@@ -78,9 +78,6 @@ own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
 				log.Warn(w.Error())
 			}
 			ad := admin.New()
-			if err := unsupported(cfg, section); err != nil {
-				return configErr(err)
-			}
 			roles, err := buildRoles(cfg, section, log, ad)
 			if err != nil {
 				return err
@@ -263,25 +260,4 @@ func registerWatcher(ad *admin.Admin, w *rules.Watcher) {
 		return map[string]any{"file": w.Current().File, "reloads_succeeded": st.Succeeded, "reloads_failed": st.Failed,
 			"last_error": st.LastError, "last_error_time": st.LastErrorTime, "last_success_time": st.LastSuccessTime}
 	})
-}
-
-// unsupported refuses settings this build parses but cannot honour yet, so
-// that nobody believes they are in force.
-func unsupported(cfg *rules.Config, section string) error {
-	check := func(name, transport string) error {
-		if section != "" && section != name || transport != rules.TransportWebSocket {
-			return nil
-		}
-		return fmt.Errorf("%s:%d: %s.transport: websocket is not available in this build yet (use tcp or auto)",
-			cfg.File, cfg.Line(name+".transport"), name)
-	}
-	if cfg.Agent != nil {
-		if err := check("agent", cfg.Agent.Transport); err != nil {
-			return err
-		}
-	}
-	if cfg.Proxy != nil {
-		return check("proxy", cfg.Proxy.Transport)
-	}
-	return nil
 }

@@ -17,13 +17,13 @@ import (
 )
 
 // Option configures a Client.
-type Option func(*native)
+type Option func(*options)
 
 // WithProxy makes the client reach the relay through an HTTP CONNECT proxy:
 // "http://host:port" or "https://host:port", with optional user:password.
 // "" means: use HTTPS_PROXY (and NO_PROXY) from the environment, if set.
 func WithProxy(proxyURL string) Option {
-	return func(c *native) { c.proxyURL = proxyURL }
+	return func(o *options) { o.proxyURL = proxyURL }
 }
 
 // proxyFor returns the proxy to reach addr through, or nil for a direct

@@ -1,6 +1,7 @@
 // Package relayclient is how agents and proxies talk to a relay. Both see
 // one interface, Client; this package implements it over hybrid's native
-// binary protocol (TCP, optionally TLS).
+// binary protocol (TCP, optionally TLS) and over Azure Relay's Hybrid
+// Connections WebSocket protocol (websocket.go).
 package relayclient
 
 import (
@@ -13,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
@@ -89,14 +92,70 @@ type Detached struct {
 	Err error
 }
 
-// New returns a native-protocol client for relay endpoint ep.
+// New returns a client for relay endpoint ep: native protocol by default
+// (WithTransport("tcp")), Azure's WebSocket protocol on ep.HTTP with
+// WithTransport("websocket"), or with WithTransport("auto") native when the
+// control port answers a short probe and WebSocket otherwise.
 func New(ep rules.RelayEndpoint, opts ...Option) Client {
-	c := &native{ep: ep, dialer: net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}}
+	o := options{transport: rules.TransportTCP}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.log == nil {
+		o.log = hclog.NewNullLogger()
+	}
+	if o.probeTimeout == 0 {
+		o.probeTimeout = ProbeTimeout
+	}
+	n := newNative(ep, o)
+	switch o.transport {
+	case rules.TransportWebSocket:
+		return newWS(n)
+	case rules.TransportAuto:
+		return &auto{native: n, ws: newWS(n), log: o.log, probeTimeout: o.probeTimeout}
+	}
+	return n
+}
+
+type options struct {
+	tls          *tls.Config
+	proxyURL     string
+	transport    string
+	log          hclog.Logger
+	probeTimeout time.Duration
+}
+
+// WithTransport picks the protocol: rules.TransportTCP (the default),
+// rules.TransportWebSocket or rules.TransportAuto.
+func WithTransport(t string) Option {
+	return func(o *options) {
+		if t != "" {
+			o.transport = t
+		}
+	}
+}
+
+// WithTLSConfig sets the TLS configuration used when the endpoint has TLS
+// (for private CAs and tests). Its ServerName defaults to the endpoint host.
+func WithTLSConfig(c *tls.Config) Option { return func(o *options) { o.tls = c } }
+
+// WithLogger gives the client a logger (auto mode logs its choice).
+func WithLogger(l hclog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithProbeTimeout sets how long auto mode waits for the native control
+// port before it falls back to WebSocket (default ProbeTimeout).
+func WithProbeTimeout(d time.Duration) Option { return func(o *options) { o.probeTimeout = d } }
+
+func newNative(ep rules.RelayEndpoint, o options) *native {
+	c := &native{ep: ep, dialer: net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}, proxyURL: o.proxyURL}
 	if ep.TLS {
 		c.tls = &tls.Config{ServerName: ep.Host, MinVersion: tls.VersionTLS12}
-	}
-	for _, o := range opts {
-		o(c)
+		if o.tls != nil {
+			c.tls = o.tls.Clone()
+			if c.tls.ServerName == "" {
+				c.tls.ServerName = ep.Host
+			}
+		}
 	}
 	return c
 }
@@ -113,7 +172,13 @@ func (c *native) String() string {
 }
 
 func (c *native) dial(ctx context.Context, port int) (net.Conn, error) {
-	addr := net.JoinHostPort(c.ep.Host, strconv.Itoa(port))
+	return c.dialHost(ctx, c.ep.Host, port)
+}
+
+// dialHost connects to host:port directly or through the proxy, with TLS
+// (server name host) when the endpoint uses TLS.
+func (c *native) dialHost(ctx context.Context, host string, port int) (net.Conn, error) {
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	proxy, err := c.proxyFor(addr)
 	if err != nil {
 		return nil, err
@@ -130,7 +195,12 @@ func (c *native) dial(ctx context.Context, port int) (net.Conn, error) {
 	if c.tls == nil {
 		return conn, nil
 	}
-	tc := tls.Client(conn, c.tls)
+	cfg := c.tls
+	if host != c.ep.Host {
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	tc := tls.Client(conn, cfg)
 	hctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {

@@ -6,6 +6,7 @@ package status
 import (
 	"errors"
 	"fmt"
+	"net/http"
 )
 
 // Code is the outcome of a handshake step. The zero value is OK.
@@ -91,6 +92,57 @@ func CodeOf(err error) Code {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Code
+	}
+	return Internal
+}
+
+// HTTPStatus maps a status code to the HTTP status of a refused handshake.
+func HTTPStatus(c Code) int {
+	switch c {
+	case OK:
+		return http.StatusOK
+	case BadRequest, Version:
+		return http.StatusBadRequest
+	case Unauthorized:
+		return http.StatusUnauthorized
+	case Forbidden:
+		return http.StatusForbidden
+	case NotFound, NoListener:
+		return http.StatusNotFound
+	case Refused, Unreachable:
+		return http.StatusBadGateway
+	case Timeout:
+		return http.StatusGatewayTimeout
+	case Busy:
+		return http.StatusTooManyRequests
+	case ShuttingDown:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// CodeOfHTTP maps an HTTP status (of a refused handshake, or an Azure
+// listener's sb-hc-statusCode) back to a status code.
+func CodeOfHTTP(h int) Code {
+	switch {
+	case h >= 200 && h < 300:
+		return OK
+	case h == http.StatusUnauthorized:
+		return Unauthorized
+	case h == http.StatusForbidden:
+		return Forbidden
+	case h == http.StatusNotFound || h == http.StatusGone:
+		return NotFound
+	case h == http.StatusTooManyRequests:
+		return Busy
+	case h == http.StatusBadGateway:
+		return Refused
+	case h == http.StatusGatewayTimeout || h == http.StatusRequestTimeout:
+		return Timeout
+	case h == http.StatusServiceUnavailable:
+		return ShuttingDown
+	case h >= 400 && h < 500:
+		return BadRequest
 	}
 	return Internal
 }

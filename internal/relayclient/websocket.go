@@ -1,0 +1,601 @@
+package relayclient
+
+// The WebSocket client speaks Azure Relay's Hybrid Connections protocol on
+// the relay's http port (see docs/protocol.md, "WebSocket fallback"):
+//
+//   - Open: a sender's WebSocket at /$hc/<hc>?sb-hc-action=connect, with the
+//     token in ServiceBusAuthorization and the target in Hybrid-Target.
+//   - Listen returns a Control that opens nothing by itself: Azure's control
+//     channel serves one hybrid connection, so every Attach opens its own
+//     /$hc/<hc>?sb-hc-action=listen WebSocket. If any of them ends without
+//     Detach or Close, the whole Control ends (the agent reconnects).
+//   - Join dials the accept notice's rendezvous address; Reject dials it with
+//     sb-hc-statusCode (and hybrid-status) and expects 410.
+//   - Renew sends {"renewToken":{"token":...}}; Azure answers nothing, so a
+//     refusal shows up as the channel closing.
+//   - Check is hybrid's extension: GET /$hc/<hc>?sb-hc-action=check, which
+//     Azure Relay does not have.
+//
+// Liveness: x/net/websocket hides pings and pongs, so every connection is
+// wrapped in a reader that notes when bytes last arrived; the client pings
+// each control channel every PingInterval and ends it after three intervals
+// without a byte (the relay's pings or our pongs keep it alive).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/net/websocket"
+
+	"github.com/hybridconn/hybrid/internal/sas"
+	"github.com/hybridconn/hybrid/internal/status"
+)
+
+// ProbeTimeout bounds auto mode's probe of the native control port.
+const ProbeTimeout = 3 * time.Second
+
+// Names of the WebSocket protocol (mirrors of the relay's).
+const (
+	headerTarget    = "Hybrid-Target"
+	headerSenderKey = "Hybrid-Sender-Key"
+	headerStatus    = "Hybrid-Status"
+	headerAgent     = "Hybrid-Agent"
+	headerAuth      = "ServiceBusAuthorization"
+)
+
+type wsClient struct {
+	n *native
+}
+
+func newWS(n *native) *wsClient { return &wsClient{n: n} }
+
+func (c *wsClient) scheme() string {
+	if c.n.tls != nil {
+		return "wss"
+	}
+	return "ws"
+}
+
+func (c *wsClient) String() string {
+	return c.scheme() + "://" + net.JoinHostPort(c.n.ep.Host, strconv.Itoa(c.n.ep.HTTP))
+}
+
+func (c *wsClient) url(hc, action string) string {
+	u := url.URL{Scheme: c.scheme(), Host: net.JoinHostPort(c.n.ep.Host, strconv.Itoa(c.n.ep.HTTP)),
+		Path: "/$hc/" + hc, RawQuery: "sb-hc-action=" + action}
+	return u.String()
+}
+
+// watchConn notes when bytes last arrived, and records the handshake's
+// bytes so that a refused upgrade's answer can be read back.
+type watchConn struct {
+	net.Conn
+	last      atomic.Int64
+	recording bool
+	rec       bytes.Buffer
+}
+
+func (w *watchConn) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	if n > 0 {
+		w.last.Store(time.Now().UnixNano())
+		if w.recording {
+			w.rec.Write(p[:n])
+		}
+	}
+	return n, err
+}
+
+// dialWS opens a WebSocket to rawURL. A refused upgrade is returned as a
+// *status.Error built from the HTTP answer.
+func (c *wsClient) dialWS(ctx context.Context, rawURL string, hdr http.Header, timeout time.Duration) (*websocket.Conn, *watchConn, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("websocket address %q: %w", rawURL, err)
+	}
+	port := c.n.ep.HTTP
+	if p := u.Port(); p != "" {
+		port, _ = strconv.Atoi(p)
+	} else if u.Scheme == "wss" {
+		port = 443
+	} else if u.Scheme == "ws" {
+		port = 80
+	}
+	conn, err := c.n.dialHost(ctx, u.Hostname(), port)
+	if err != nil {
+		return nil, nil, err
+	}
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	origin := "http://" + u.Host
+	if u.Scheme == "wss" {
+		origin = "https://" + u.Host
+	}
+	cfg, err := websocket.NewConfig(rawURL, origin)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	for k, v := range hdr {
+		cfg.Header[k] = v
+	}
+	wc := &watchConn{Conn: conn, recording: true}
+	ws, err := websocket.NewClient(cfg, wc)
+	wc.recording = false
+	if err != nil {
+		defer conn.Close()
+		if errors.Is(err, websocket.ErrBadStatus) {
+			return nil, nil, refusal(wc)
+		}
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		return nil, nil, fmt.Errorf("websocket %s: %w", u.Redacted(), err)
+	}
+	wc.rec = bytes.Buffer{}
+	if !stop() {
+		ws.Close()
+		return nil, nil, ctx.Err()
+	}
+	conn.SetDeadline(time.Time{})
+	ws.PayloadType = websocket.BinaryFrame
+	wc.last.Store(time.Now().UnixNano())
+	return ws, wc, nil
+}
+
+// refusal reads a refused handshake's answer into a *status.Error.
+func refusal(wc *watchConn) error {
+	wc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(io.MultiReader(bytes.NewReader(wc.rec.Bytes()), wc.Conn)), nil)
+	if err != nil {
+		return status.Errorf(status.Internal, "relay refused the websocket upgrade with an unreadable answer: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	code := status.CodeOfHTTP(resp.StatusCode)
+	if n, err := strconv.Atoi(resp.Header.Get(headerStatus)); err == nil && status.Code(n).Valid() {
+		code = status.Code(n)
+	}
+	msg := strings.TrimSpace(string(body))
+	if msg == "" {
+		msg = resp.Status
+	}
+	if code == status.OK {
+		code = status.Internal
+		msg = "unexpected answer to websocket upgrade: " + resp.Status
+	}
+	return &status.Error{Code: code, Msg: msg}
+}
+
+func (c *wsClient) Open(ctx context.Context, hc, token, target string) (net.Conn, error) {
+	h := http.Header{}
+	h.Set(headerAuth, token)
+	if target != "" {
+		h.Set(headerTarget, target)
+	}
+	ws, _, err := c.dialWS(ctx, c.url(hc, "connect"), h, OpenTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return ws, nil
+}
+
+// Check asks the relay with hybrid's sb-hc-action=check extension (plain
+// HTTP, no upgrade). Azure Relay itself has no such action.
+func (c *wsClient) Check(ctx context.Context, hc, token string, right sas.Rights) error {
+	var r string
+	switch right {
+	case sas.Listen:
+		r = "listen"
+	case sas.Send:
+		r = "send"
+	case sas.Manage:
+		r = "manage"
+	default:
+		return status.Errorf(status.BadRequest, "unknown right %d", right)
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.n.dial(ctx, c.n.ep.HTTP) },
+	}
+	defer tr.CloseIdleConnections()
+	hc2 := &http.Client{Transport: tr, Timeout: HandshakeTimeout}
+	u := "http://" + net.JoinHostPort(c.n.ep.Host, strconv.Itoa(c.n.ep.HTTP)) + "/$hc/" + url.PathEscape(hc) +
+		"?sb-hc-action=check&hybrid-right=" + r
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(headerAuth, token)
+	resp, err := hc2.Do(req)
+	if err != nil {
+		return fmt.Errorf("relay %s: %w", c, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if resp.StatusCode == http.StatusOK && resp.Header.Get(headerStatus) == "0" {
+		return nil
+	}
+	code := status.CodeOfHTTP(resp.StatusCode)
+	if n, err := strconv.Atoi(resp.Header.Get(headerStatus)); err == nil && status.Code(n).Valid() {
+		code = status.Code(n)
+	}
+	if code == status.OK {
+		return status.Errorf(status.Version, "relay %s does not support credential checks over websocket", c)
+	}
+	return &status.Error{Code: code, Msg: strings.TrimSpace(string(body))}
+}
+
+func (c *wsClient) Listen(ctx context.Context, agent, version string) (Control, error) {
+	// Nothing to open until Attach; make sure the http port answers.
+	conn, err := c.n.dial(ctx, c.n.ep.HTTP)
+	if err != nil {
+		return nil, err
+	}
+	conn.Close()
+	return &wsControl{client: c, agent: agent, chans: map[string]*wsChan{}, addrs: map[StreamID]string{},
+		events: make(chan Event, 64), done: make(chan struct{})}, nil
+}
+
+type wsControl struct {
+	client *wsClient
+	agent  string
+	events chan Event
+
+	mu    sync.Mutex
+	chans map[string]*wsChan
+	addrs map[StreamID]string // rendezvous addresses of notified streams
+	err   error
+	once  sync.Once
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+type wsChan struct {
+	hc      string
+	ws      *websocket.Conn
+	wc      *watchConn
+	wmu     sync.Mutex
+	leaving atomic.Bool // ended by Detach or Close
+}
+
+func (c *wsControl) Events() <-chan Event  { return c.events }
+func (c *wsControl) Done() <-chan struct{} { return c.done }
+
+func (c *wsControl) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *wsControl) fail(err error) {
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.err = err
+		chans := c.chans
+		c.chans = map[string]*wsChan{}
+		c.mu.Unlock()
+		close(c.done)
+		for _, ch := range chans {
+			ch.leaving.Store(true)
+			ch.ws.Close()
+		}
+		go func() { c.wg.Wait(); close(c.events) }()
+	})
+}
+
+func (c *wsControl) Close() error {
+	c.fail(net.ErrClosed)
+	return nil
+}
+
+func (c *wsControl) Attach(ctx context.Context, hc, token string) error {
+	if err := c.Err(); err != nil {
+		return err
+	}
+	h := http.Header{}
+	h.Set(headerAuth, token)
+	if c.agent != "" {
+		h.Set(headerAgent, c.agent)
+	}
+	ws, wc, err := c.client.dialWS(ctx, c.client.url(hc, "listen"), h, HandshakeTimeout)
+	if err != nil {
+		return err
+	}
+	ws.PayloadType = websocket.TextFrame
+	ch := &wsChan{hc: hc, ws: ws, wc: wc}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		ws.Close()
+		return c.err
+	}
+	if old := c.chans[hc]; old != nil { // re-attach with another key: the new channel replaces it
+		old.leaving.Store(true)
+		old.ws.Close()
+	}
+	c.chans[hc] = ch
+	c.wg.Add(2)
+	c.mu.Unlock()
+	go c.readLoop(ch)
+	go c.pingLoop(ch)
+	return nil
+}
+
+func (c *wsControl) channel(hc string) (*wsChan, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return nil, c.err
+	}
+	ch := c.chans[hc]
+	if ch == nil {
+		return nil, status.Errorf(status.NotFound, "not attached to %q", hc)
+	}
+	return ch, nil
+}
+
+func (ch *wsChan) send(codec websocket.Codec, v any) error {
+	ch.wmu.Lock()
+	defer ch.wmu.Unlock()
+	ch.ws.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
+	err := codec.Send(ch.ws, v)
+	ch.ws.SetWriteDeadline(time.Time{}) // the library writes pongs on its own
+	return err
+}
+
+func (c *wsControl) Renew(ctx context.Context, hc, token string) error {
+	ch, err := c.channel(hc)
+	if err != nil {
+		return err
+	}
+	var m struct {
+		RenewToken struct {
+			Token string `json:"token"`
+		} `json:"renewToken"`
+	}
+	m.RenewToken.Token = token
+	return ch.send(websocket.JSON, &m)
+}
+
+func (c *wsControl) Detach(hc string) error {
+	c.mu.Lock()
+	ch := c.chans[hc]
+	delete(c.chans, hc)
+	c.mu.Unlock()
+	if ch != nil {
+		ch.leaving.Store(true)
+		ch.ws.Close()
+	}
+	return nil
+}
+
+func (c *wsControl) takeAddr(id StreamID) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.addrs[id]
+	delete(c.addrs, id)
+	return a, ok
+}
+
+func (c *wsControl) Reject(id StreamID, code status.Code, msg string) error {
+	addr, ok := c.takeAddr(id)
+	if !ok {
+		return status.Errorf(status.NotFound, "no pending stream %s", id)
+	}
+	if code == status.OK {
+		code = status.Refused
+	}
+	u := addr + "&sb-hc-statusCode=" + strconv.Itoa(status.HTTPStatus(code)) +
+		"&sb-hc-statusDescription=" + url.QueryEscape(msg) + "&hybrid-status=" + strconv.Itoa(int(code))
+	go func() { // like the native REJECT, this does not wait
+		ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
+		defer cancel()
+		ws, _, err := c.client.dialWS(ctx, u, nil, HandshakeTimeout)
+		if err == nil {
+			ws.Close() // a relay that accepted a rejection: nothing more to do
+		}
+	}()
+	return nil
+}
+
+func (c *wsControl) Join(ctx context.Context, a *Accept, token string) (net.Conn, error) {
+	addr, ok := c.takeAddr(a.ID)
+	if !ok {
+		return nil, status.Errorf(status.NotFound, "no pending stream %s", a.ID)
+	}
+	h := http.Header{}
+	if token != "" {
+		h.Set(headerAuth, token)
+	}
+	ws, _, err := c.client.dialWS(ctx, addr, h, HandshakeTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return ws, nil
+}
+
+// idOf turns an Azure stream id (a GUID, or our hex) into a StreamID.
+func idOf(s string) StreamID {
+	var id StreamID
+	if b, err := hex.DecodeString(strings.ReplaceAll(s, "-", "")); err == nil && len(b) == len(id) {
+		copy(id[:], b)
+		return id
+	}
+	sum := sha256.Sum256([]byte(s))
+	copy(id[:], sum[:])
+	return id
+}
+
+type wsAcceptMsg struct {
+	Accept *struct {
+		Address        string            `json:"address"`
+		ID             string            `json:"id"`
+		ConnectHeaders map[string]string `json:"connectHeaders"`
+		RemoteEndpoint struct {
+			Address string `json:"address"`
+			Port    int    `json:"port"`
+		} `json:"remoteEndpoint"`
+	} `json:"accept"`
+}
+
+func header(h map[string]string, name string) string {
+	for k, v := range h {
+		if strings.EqualFold(k, name) {
+			return v
+		}
+	}
+	return ""
+}
+
+func (c *wsControl) readLoop(ch *wsChan) {
+	defer c.wg.Done()
+	for {
+		var m wsAcceptMsg
+		err := websocket.JSON.Receive(ch.ws, &m)
+		if err != nil {
+			var se *json.SyntaxError
+			if errors.As(err, &se) {
+				continue // not for us
+			}
+			if !ch.leaving.Load() {
+				c.fail(fmt.Errorf("control channel to %s for %q: %w", c.client, ch.hc, closedErr(err)))
+			}
+			return
+		}
+		if m.Accept == nil {
+			continue // a message this client does not know (Azure's "request")
+		}
+		acc := &Accept{ID: idOf(m.Accept.ID), HC: ch.hc,
+			Target:    header(m.Accept.ConnectHeaders, headerTarget),
+			SenderKey: header(m.Accept.ConnectHeaders, headerSenderKey)}
+		if m.Accept.RemoteEndpoint.Address != "" {
+			acc.SenderAddr = net.JoinHostPort(m.Accept.RemoteEndpoint.Address, strconv.Itoa(m.Accept.RemoteEndpoint.Port))
+		}
+		c.mu.Lock()
+		c.addrs[acc.ID] = m.Accept.Address
+		c.mu.Unlock()
+		// Forget addresses never used (a relay waits about 30 s at most).
+		time.AfterFunc(time.Minute, func() { c.takeAddr(acc.ID) })
+		select {
+		case c.events <- Event{Accept: acc}:
+		case <-c.done:
+			return
+		}
+	}
+}
+
+func closedErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		return errors.New("closed by the relay")
+	}
+	return err
+}
+
+var pingCodec = websocket.Codec{Marshal: func(any) ([]byte, byte, error) { return nil, websocket.PingFrame, nil }}
+
+// pingLoop pings the channel and ends it when nothing arrived for three
+// intervals.
+func (c *wsControl) pingLoop(ch *wsChan) {
+	defer c.wg.Done()
+	t := time.NewTicker(PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		if ch.leaving.Load() {
+			return
+		}
+		if time.Since(time.Unix(0, ch.wc.last.Load())) > 3*PingInterval {
+			c.fail(fmt.Errorf("control channel to %s for %q: relay silent for %s", c.client, ch.hc, 3*PingInterval))
+			return
+		}
+		if err := ch.send(pingCodec, nil); err != nil {
+			if !ch.leaving.Load() {
+				c.fail(fmt.Errorf("control channel to %s for %q: %w", c.client, ch.hc, err))
+			}
+			return
+		}
+	}
+}
+
+// auto probes the native control port and uses WebSocket when it does not
+// answer. The choice is kept for a minute, then probed again (native is
+// preferred as soon as it is back).
+type auto struct {
+	native       *native
+	ws           *wsClient
+	log          hclog.Logger
+	probeTimeout time.Duration
+
+	mu     sync.Mutex
+	chosen Client
+	until  time.Time
+}
+
+// autoRecheck is how long auto mode keeps a probe's verdict.
+const autoRecheck = time.Minute
+
+func (a *auto) String() string { return a.native.String() }
+
+func (a *auto) pick(ctx context.Context) Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.chosen != nil && time.Now().Before(a.until) {
+		return a.chosen
+	}
+	pctx, cancel := context.WithTimeout(ctx, a.probeTimeout)
+	conn, err := a.native.dial(pctx, a.native.ep.Control)
+	cancel()
+	var next Client = a.native
+	if err == nil {
+		conn.Close()
+	} else {
+		next = a.ws
+	}
+	if next != a.chosen {
+		if next == a.ws {
+			a.log.Warn("native control port unreachable; using the websocket fallback",
+				"relay", a.native.String(), "websocket", a.ws.String(), "error", err)
+		} else {
+			a.log.Info("using the native protocol", "relay", a.native.String())
+		}
+	}
+	a.chosen, a.until = next, time.Now().Add(autoRecheck)
+	return next
+}
+
+func (a *auto) Open(ctx context.Context, hc, token, target string) (net.Conn, error) {
+	return a.pick(ctx).Open(ctx, hc, token, target)
+}
+
+func (a *auto) Listen(ctx context.Context, agent, version string) (Control, error) {
+	return a.pick(ctx).Listen(ctx, agent, version)
+}
+
+func (a *auto) Check(ctx context.Context, hc, token string, right sas.Rights) error {
+	return a.pick(ctx).Check(ctx, hc, token, right)
+}
