@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
@@ -64,6 +65,8 @@ type Proxy struct {
 	// socksBad counts SOCKS handshakes that failed (garbage, stalled, bad
 	// credentials); socksBusy those closed at once over maxSocksHandshakes.
 	socksBad, socksBusy atomic.Int64
+	// socksFails limits wrong SOCKS passwords per client address.
+	socksFails *limit.Failures
 }
 
 type relay struct {
@@ -81,7 +84,7 @@ type mapping struct {
 // New prepares a proxy; it does not listen yet.
 func New(cfg *rules.Proxy, log hclog.Logger) (*Proxy, error) {
 	p := &Proxy{log: log, mappings: map[string]*mapping{}, streams: map[net.Conn]struct{}{},
-		handshakes: map[net.Conn]struct{}{}}
+		handshakes: map[net.Conn]struct{}{}, socksFails: limit.NewFailures()}
 	p.openStream = p.Open
 	p.socksTime = SocksHandshakeTimeout
 	// go-socks5 logs every failed handshake as [ERR]: a scanner could fill

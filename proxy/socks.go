@@ -208,7 +208,15 @@ func (p *Proxy) serveSocks(ctx context.Context, raw net.Conn) {
 		},
 	}
 	if users := p.cfg.Load().SocksAuth; len(users) > 0 {
-		conf.Credentials = newSocksCredentials(users, log)
+		if p.socksFails.Blocked(client) {
+			// Too many wrong passwords from this address: not heard now.
+			p.socksBusy.Add(1)
+			log.Debug("socks: client over the failed-login limit; closed")
+			return
+		}
+		creds := newSocksCredentials(users, log)
+		creds.failed = func() { p.socksFails.Fail(client) }
+		conf.Credentials = creds
 	}
 	srv, err := socks5.New(conf)
 	if err != nil {
@@ -400,8 +408,9 @@ func (s *socksStream) CloseWrite() error {
 // user is compared, always, on SHA-256 digests (equal lengths, so
 // subtle.ConstantTimeCompare does not return early on a length mismatch).
 type socksCredentials struct {
-	users []socksDigest
-	log   hclog.Logger
+	users  []socksDigest
+	log    hclog.Logger
+	failed func() // called on a wrong username or password; may be nil
 }
 
 type socksDigest struct{ user, pass [sha256.Size]byte }
@@ -422,6 +431,9 @@ func (c *socksCredentials) Valid(user, password string) bool {
 	}
 	if ok != 1 {
 		c.log.Warn("socks: authentication failed", "username", strconv.Quote(user))
+		if c.failed != nil {
+			c.failed()
+		}
 	}
 	return ok == 1
 }

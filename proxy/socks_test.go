@@ -20,6 +20,7 @@ import (
 	socks5 "github.com/armon/go-socks5"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/rules"
 )
@@ -763,4 +764,33 @@ func FuzzMatchSocks(f *testing.F) {
 			t.Fatalf("matched %q for target %q", c.Endpoint, target)
 		}
 	})
+}
+
+// TestSocksFailedLoginLimit: a client address that keeps sending wrong
+// passwords is not heard for a while, even with the right one.
+func TestSocksFailedLoginLimit(t *testing.T) {
+	echo := echoServer(t)
+	cfg := baseConfig()
+	cfg.SocksAuth = []rules.SocksUser{{Username: "billing", Password: "billing-password-0123"}}
+	cfg.Connections = conns(rules.ProxyConnection{Name: "pg", Endpoint: "pg.corp.invalid:5432"})
+	tp := startTestProxy(t, cfg, dialEcho(echo))
+	for i := 0; i < limit.Burst; i++ {
+		if code, _ := socksRequest(t, tp.SocksAddr(), "billing", "wrong-password-0000000", cmdConnect, "pg.corp.invalid", 5432); code != authFailed {
+			t.Fatalf("attempt %d: got %#x, want auth failed", i, code)
+		}
+	}
+	// The right password now: the connection is closed before any answer.
+	c, err := net.Dial("tcp", tp.SocksAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte{5, 1, 2})
+	if n, err := c.Read(make([]byte, 2)); err == nil {
+		t.Fatalf("a client over the limit got an answer (%d bytes)", n)
+	}
+	if tp.socksBusy.Load() == 0 {
+		t.Fatal("the refusal was not counted")
+	}
 }

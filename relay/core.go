@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/stream"
@@ -91,7 +92,7 @@ type Core struct {
 	streamWG sync.WaitGroup
 
 	stats Stats
-	fails *failLimiter
+	fails *limit.Failures
 }
 
 // Stats are the core's running counters.
@@ -138,7 +139,7 @@ func NewCore(log hclog.Logger, a *Auth) *Core {
 		sessions:    map[*Session]struct{}{},
 		pending:     map[StreamID]*pending{},
 		streams:     map[*activeStream]struct{}{},
-		fails:       newFailLimiter(),
+		fails:       limit.NewFailures(),
 	}
 	c.SetAuth(a)
 	return c
@@ -428,14 +429,14 @@ func (c *Core) candidatesLocked(hc string) []*Session {
 }
 
 func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (Grant, error) {
-	if c.fails.blocked(remote) {
+	if c.fails.Blocked(remote) {
 		c.stats.AuthFailures.Add(1)
-		return Grant{}, status.Errorf(status.Busy, "too many failed authentications from %s; slow down", hostOf(remote))
+		return Grant{}, status.Errorf(status.Busy, "too many failed authentications from %s; slow down", limit.HostOf(remote))
 	}
 	a := c.auth.Load()
 	m, err := a.verify(hc, token, need)
 	if err != nil {
-		c.fails.fail(remote)
+		c.fails.Fail(remote)
 		c.stats.AuthFailures.Add(1)
 		c.log.Warn("authentication failed", "hc", hc, "need", need.String(), "remote", remote, "error", err)
 	}

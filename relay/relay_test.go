@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
@@ -357,16 +358,16 @@ func TestListenPorts(t *testing.T) {
 func TestFailedAuthLimit(t *testing.T) {
 	r := startRelay(t)
 	startAgent(t, r, "pg", echo)
-	for i := 0; i < authFailBurst+5; i++ {
+	for i := 0; i < limit.Burst+5; i++ {
 		if _, err := open(r, "pg", "apps", "wrong-key-0000000000000000000", ""); err == nil {
 			t.Fatal("bad key accepted")
 		}
 	}
 	_, err := open(r, "pg", "apps", sendKey, "")
 	if status.CodeOf(err) != status.Busy {
-		t.Fatalf("after %d failures a good token got %v, want busy", authFailBurst+5, err)
+		t.Fatalf("after %d failures a good token got %v, want busy", limit.Burst+5, err)
 	}
-	if r.srv.core.fails.blocked("127.0.0.2:1") {
+	if r.srv.core.fails.Blocked("127.0.0.2:1") {
 		t.Fatal("another address is blocked too")
 	}
 }
