@@ -78,7 +78,7 @@ func token(hc, keyName, key string) string {
 }
 
 // testAgent is a minimal agent: it serves each accepted stream with serve,
-// or rejects it when reject is set.
+// or rejects it when serve is nil.
 type testAgent struct {
 	ctl    relayclient.Control
 	served chan string
@@ -86,37 +86,7 @@ type testAgent struct {
 
 func startAgent(t *testing.T, r *testRelay, hc string, serve func(net.Conn)) *testAgent {
 	t.Helper()
-	ctx := context.Background()
-	ctl, err := relayclient.New(r.ep).Listen(ctx, "test", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ctl.Close() })
-	if err := ctl.Attach(ctx, hc, token(hc, "onprem", listenKey)); err != nil {
-		t.Fatal(err)
-	}
-	a := &testAgent{ctl: ctl, served: make(chan string, 100)}
-	go func() {
-		for ev := range ctl.Events() {
-			if ev.Accept == nil {
-				continue
-			}
-			acc := ev.Accept
-			if serve == nil {
-				ctl.Reject(acc.ID, status.Refused, "test says no")
-				continue
-			}
-			go func() {
-				c, err := ctl.Join(ctx, acc, token(acc.HC, "onprem", listenKey))
-				if err != nil {
-					return
-				}
-				a.served <- acc.Target
-				serve(c)
-			}()
-		}
-	}()
-	return a
+	return startAgentWith(t, nativeClient(r), hc, serve)
 }
 
 func echo(c net.Conn) {

@@ -57,6 +57,18 @@ func (d *decoder) fieldWarn(field, format string, args ...any) {
 	d.warns = append(d.warns, Error{File: d.file, Line: d.line(field), Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
+// firstSeen records key at field in seen and reports true; when seen holds
+// it already, it reports field as a duplicate, "<what> (first at line
+// N<suffix>", and returns false. suffix closes the parenthesis.
+func (d *decoder) firstSeen(seen map[string]int, key, field, what, suffix string) bool {
+	if l, dup := seen[key]; dup {
+		d.fieldErr(field, "%s (first at line %d%s", what, l, suffix)
+		return false
+	}
+	seen[key] = d.line(field)
+	return true
+}
+
 func (d *decoder) fieldErr(field, format string, args ...any) {
 	d.errorf(d.line(field), field, format, args...)
 }

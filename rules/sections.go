@@ -214,11 +214,7 @@ func (d *decoder) keys(path string, n *yaml.Node) []Key {
 		ip := index(path, i)
 		k := d.key(ip, it)
 		if k.Name != "" {
-			if l, dup := names[k.Name]; dup {
-				d.fieldErr(ip+".name", "duplicate key name %q (first at line %d)", k.Name, l)
-			} else {
-				names[k.Name] = d.line(ip + ".name")
-			}
+			d.firstSeen(names, k.Name, ip+".name", fmt.Sprintf("duplicate key name %q", k.Name), ")")
 		}
 		keys = append(keys, k)
 	}
@@ -275,12 +271,9 @@ func (d *decoder) rights(path string, n *yaml.Node) []string {
 		if !d.checkOneOf(p, s, "right", "", allRights...) {
 			return
 		}
-		if l, dup := first[s]; dup {
-			d.fieldErr(p, "duplicate right %q (first at line %d)", s, l)
-			return
+		if d.firstSeen(first, s, p, fmt.Sprintf("duplicate right %q", s), ")") {
+			out = append(out, s)
 		}
-		first[s] = d.line(p)
-		out = append(out, s)
 	})
 	if ok && len(first) == 0 && !d.badUnder(path) {
 		d.fieldErr(path, "want at least one of listen, send or manage")
@@ -297,12 +290,7 @@ func (d *decoder) uniqueName(seen nameSet, field, name string) {
 	if name == "" {
 		return
 	}
-	k := strings.ToLower(name)
-	if l, dup := seen[k]; dup {
-		d.fieldErr(field, "duplicate name %q (first at line %d; names are compared ignoring case)", name, l)
-		return
-	}
-	seen[k] = d.line(field)
+	d.firstSeen(seen, strings.ToLower(name), field, fmt.Sprintf("duplicate name %q", name), "; names are compared ignoring case)")
 }
 
 // relayConnections decodes relay.connections.
@@ -434,11 +422,9 @@ func (d *decoder) agent(path string, n *yaml.Node) *Agent {
 					d.fieldErr(ip, "%v", err)
 					return
 				}
-				if l, dup := first[c]; dup {
-					d.fieldErr(ip, "duplicate endpoint %q (first at line %d)", c, l)
+				if !d.firstSeen(first, c, ip, fmt.Sprintf("duplicate endpoint %q", c), ")") {
 					return
 				}
-				first[c] = d.line(ip)
 				allow[c] = true
 				a.Allow = append(a.Allow, c)
 			})
@@ -585,11 +571,7 @@ func (d *decoder) socksAuth(path string, n *yaml.Node) []SocksUser {
 		ip := index(path, i)
 		u := d.socksUser(ip, it)
 		if u.Username != "" {
-			if l, dup := first[u.Username]; dup {
-				d.fieldErr(ip+".username", "duplicate username %q (first at line %d)", u.Username, l)
-			} else {
-				first[u.Username] = d.line(ip + ".username")
-			}
+			d.firstSeen(first, u.Username, ip+".username", fmt.Sprintf("duplicate username %q", u.Username), ")")
 		}
 		out = append(out, u)
 	}
@@ -768,12 +750,8 @@ func (d *decoder) proxyConnections(path string, n *yaml.Node) ([]ProxyConnection
 			c.Key = d.secret(ip, "key", seen, raw, true)
 			d.uniqueName(seenNames, ip+".name", c.Name)
 			if c.Endpoint != "" {
-				ep := ip + ".endpoint"
-				if l, dup := endpoints[c.Endpoint]; dup {
-					d.fieldErr(ep, "duplicate endpoint %q (first at line %d): SOCKS could not tell the connections apart", c.Endpoint, l)
-				} else {
-					endpoints[c.Endpoint] = d.line(ep)
-				}
+				d.firstSeen(endpoints, c.Endpoint, ip+".endpoint", fmt.Sprintf("duplicate endpoint %q", c.Endpoint),
+					"): SOCKS could not tell the connections apart")
 			}
 		}
 		out = append(out, c)
