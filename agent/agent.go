@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -61,6 +62,9 @@ type Agent struct {
 	wg      sync.WaitGroup // serve goroutines
 
 	opened, denied, unreachable, revoked atomic.Int64
+	// rogue counts accept notices dropped because they named an address
+	// off the relay.
+	rogue atomic.Int64
 }
 
 // runner is the goroutine keeping one relay's control channel.
@@ -130,7 +134,7 @@ func New(cfg *rules.Agent, log hclog.Logger) (*Agent, error) {
 }
 
 func relayKey(ep rules.RelayEndpoint) string {
-	return fmt.Sprintf("%s|%d|%d|%d|%t|%s", ep.Host, ep.Control, ep.Data, ep.HTTP, ep.TLS, ep.Namespace)
+	return fmt.Sprintf("%s|%d|%d|%d|%t|%s|%s", ep.Host, ep.Control, ep.Data, ep.HTTP, ep.TLS, ep.Namespace, strings.Join(ep.RendezvousHosts, ","))
 }
 
 // Run keeps a control channel to every relay until ctx is done, then stops
@@ -233,7 +237,7 @@ func (a *Agent) syncRelaysLocked(cfg *rules.Agent) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(a.runCtx)
-		c := relayclient.New(ep, relayclient.WithProxy(cfg.ProxyURL), relayclient.WithTransport(cfg.Transport),
+		c := relayclient.New(ep.ClientEndpoint(), relayclient.WithProxy(cfg.ProxyURL), relayclient.WithTransport(cfg.Transport),
 			relayclient.WithLogger(a.log))
 		r := &runner{cancel: cancel, done: make(chan struct{}), name: c.String()}
 		a.relays[k] = r
@@ -366,6 +370,10 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 			if !ok {
 				return ctl.Err()
 			}
+			if d := ev.Dropped; d != nil {
+				a.dropped(c.String(), d, log)
+				continue
+			}
 			if d := ev.Detached; d != nil {
 				log.Error("relay ended our listening", "hc", d.HC, "error", d.Err, "retry_in", retryAttach)
 				delete(attached, d.HC)
@@ -382,6 +390,17 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 			}()
 		}
 	}
+}
+
+// dropped records an accept notice the relay client refused to follow: the
+// relay named a rendezvous address the agent must not dial.
+func (a *Agent) dropped(relay string, d *relayclient.Dropped, log hclog.Logger) {
+	log.Warn("dropped an accept notice naming an address off the relay", "relay", relay,
+		"hc", d.Accept.HC, "address", d.Address, "reason", d.Reason)
+	a.rogue.Add(1)
+	a.audit.Load().Record(AuditEvent{Event: "deny", HC: d.Accept.HC, Stream: d.Accept.ID.String(),
+		Target: d.Accept.Target, SenderKey: d.Accept.SenderKey, SenderAddr: d.Accept.SenderAddr, Relay: relay,
+		Reason: "rendezvous address refused: " + d.Reason})
 }
 
 // Authorize decides whether a stream for hc asking for target may be served,

@@ -75,23 +75,7 @@ func TestAuthorize(t *testing.T) {
 // countingListener is a resource that counts the connections it accepts.
 func countingListener(t *testing.T) (string, *atomic.Int64) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var n atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			c.Close()
-		}
-	}()
-	return ln.Addr().String(), &n
+	return countingListenerOn(t, "127.0.0.1")
 }
 
 // TestHostileRelay plays a relay that asks the agent for endpoints it does

@@ -27,6 +27,7 @@ func (a *Agent) Status() Status {
 	st := Status{Publishing: map[string]string{}, Counters: map[string]int64{
 		"streams_opened": a.opened.Load(), "streams_denied": a.denied.Load(),
 		"streams_unreachable": a.unreachable.Load(), "streams_revoked": a.revoked.Load(),
+		"rogue_notices": a.rogue.Load(),
 	}}
 	for _, c := range a.cfg.Load().Connections {
 		st.Publishing[c.Name] = c.Endpoint
@@ -53,6 +54,8 @@ func (a *Agent) Register(ad *admin.Admin) {
 		ad.Counter("hybrid_agent_streams_total", "Streams by outcome: opened, denied (not published or outside allow), unreachable (resource down), revoked (cut by a reload).",
 			map[string]string{"result": name}, func() float64 { return float64(v.Load()) })
 	}
+	ad.Counter("hybrid_agent_rogue_notices_total", "Accept notices dropped because the relay named a rendezvous address off the relay (a hostile or misconfigured relay); nothing was dialled.",
+		nil, func() float64 { return float64(a.rogue.Load()) })
 	ad.Gauge("hybrid_agent_streams_active", "Streams being copied.", nil, func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()

@@ -20,7 +20,6 @@ import (
 
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/sas"
-	"github.com/hybridconn/hybrid/rules"
 )
 
 const (
@@ -261,8 +260,8 @@ func e2eWaitOutput(p *Proc, substr string, timeout time.Duration) error {
 }
 
 // endpoint is the relay as the Go client addresses it.
-func (tun *tunnel) endpoint() rules.RelayEndpoint {
-	return rules.RelayEndpoint{Host: "127.0.0.1", Control: tun.Control, Data: tun.Data, HTTP: tun.HTTP, Namespace: e2eNamespace}
+func (tun *tunnel) endpoint() relayclient.Endpoint {
+	return relayclient.Endpoint{Host: "127.0.0.1", Control: tun.Control, Data: tun.Data, HTTP: tun.HTTP, Namespace: e2eNamespace}
 }
 
 // client returns a native Go client for the relay.

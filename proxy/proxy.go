@@ -102,7 +102,7 @@ func (p *Proxy) store(cfg *rules.Proxy) error {
 	}
 	rs := make([]relay, 0, len(cfg.Relays))
 	for _, ep := range cfg.Relays {
-		rs = append(rs, relay{ep: ep, client: relayclient.New(ep, relayclient.WithProxy(cfg.ProxyURL),
+		rs = append(rs, relay{ep: ep, client: relayclient.New(ep.ClientEndpoint(), relayclient.WithProxy(cfg.ProxyURL),
 			relayclient.WithTransport(cfg.Transport), relayclient.WithLogger(p.log))})
 	}
 	p.cfg.Store(cfg)

@@ -24,7 +24,7 @@ const (
 
 type testRelay struct {
 	srv    *Server
-	ep     rules.RelayEndpoint
+	ep     relayclient.Endpoint
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -60,7 +60,7 @@ func startRelay(t *testing.T) *testRelay {
 	srv.Grace = time.Second
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &testRelay{srv: srv, cancel: cancel, done: make(chan error, 1),
-		ep: rules.RelayEndpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), Namespace: ns}}
+		ep: relayclient.Endpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), Namespace: ns}}
 	go func() { r.done <- srv.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()

@@ -114,8 +114,8 @@ func TestWSOverTLS(t *testing.T) {
 	pem, _ := os.ReadFile(certFile)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
-	ep := rules.RelayEndpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), TLS: true, Namespace: ns}
-	c := relayclient.New(ep, relayclient.WithTransport(rules.TransportWebSocket),
+	ep := relayclient.Endpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), TLS: true, Namespace: ns}
+	c := relayclient.New(ep, relayclient.WithTransport(relayclient.TransportWebSocket),
 		relayclient.WithTLSConfig(&tls.Config{RootCAs: pool, ServerName: "relay.test"}))
 	if !strings.HasPrefix(c.String(), "wss://") {
 		t.Fatalf("client %s, want wss", c)

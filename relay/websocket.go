@@ -361,6 +361,9 @@ func (d *wsDoor) listen(w http.ResponseWriter, r *http.Request, hc, token string
 	log := d.log.With("agent", agent, "remote", remote, "hc", hc, "door", "websocket")
 	upgradeWatched(w, r, func(ws *websocket.Conn, wc *watchConn) {
 		ws.PayloadType = websocket.TextFrame
+		// Control messages are small JSON; a listener may not make the
+		// relay buffer more (the library reads no oversize frame).
+		ws.MaxPayloadBytes = maxControlMessage
 		ch.mu.Lock()
 		ch.ws, ch.wc = ws, wc
 		ch.mu.Unlock()
@@ -392,7 +395,10 @@ func (d *wsDoor) listen(w http.ResponseWriter, r *http.Request, hc, token string
 			}
 			if err := websocket.JSON.Receive(ws, &msg); err != nil {
 				var se *json.SyntaxError
-				if errors.As(err, &se) {
+				if errors.Is(err, websocket.ErrFrameTooLarge) {
+					log.Warn("oversize message on control channel; closing", "max_bytes", maxControlMessage)
+					ch.sendClose(closeTooBig, "message too big")
+				} else if errors.As(err, &se) {
 					log.Warn("bad message on control channel; closing", "error", err)
 					ch.sendClose(closePolicy, "malformed message")
 				} else {
@@ -415,8 +421,13 @@ func (d *wsDoor) listen(w http.ResponseWriter, r *http.Request, hc, token string
 const (
 	closeGoingAway = 1001
 	closePolicy    = 1008
+	closeTooBig    = 1009
 	closeInternal  = 1011
 )
+
+// maxControlMessage caps one message a listener sends on its control
+// channel (renewToken, at most a few KiB).
+const maxControlMessage = 64 << 10
 
 // wsAccept is the accept notice of Azure's protocol.
 type wsAccept struct {

@@ -18,11 +18,10 @@ import (
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
-	"github.com/hybridconn/hybrid/rules"
 )
 
 func wsClient(r *testRelay) relayclient.Client {
-	return relayclient.New(r.ep, relayclient.WithTransport(rules.TransportWebSocket))
+	return relayclient.New(r.ep, relayclient.WithTransport(relayclient.TransportWebSocket))
 }
 
 func nativeClient(r *testRelay) relayclient.Client { return relayclient.New(r.ep) }
@@ -356,7 +355,7 @@ func TestAutoFallsBack(t *testing.T) {
 	dead := listen(t)
 	ep.Control = port(dead)
 	dead.Close() // nothing listens there now
-	auto := relayclient.New(ep, relayclient.WithTransport(rules.TransportAuto), relayclient.WithProbeTimeout(time.Second))
+	auto := relayclient.New(ep, relayclient.WithTransport(relayclient.TransportAuto), relayclient.WithProbeTimeout(time.Second))
 	startAgentWith(t, auto, "pg", fullEcho)
 	c, err := openWith(auto, "pg", "apps", sendKey, "")
 	if err != nil {
@@ -368,7 +367,7 @@ func TestAutoFallsBack(t *testing.T) {
 		t.Fatalf("auto gave a %T, want the websocket fallback", c)
 	}
 	// With the native ports up, auto uses them.
-	c2, err := openWith(relayclient.New(r.ep, relayclient.WithTransport(rules.TransportAuto)), "pg", "apps", sendKey, "")
+	c2, err := openWith(relayclient.New(r.ep, relayclient.WithTransport(relayclient.TransportAuto)), "pg", "apps", sendKey, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"strings"
 
 	"github.com/hybridconn/hybrid/internal/endpoint"
+	"github.com/hybridconn/hybrid/internal/relayclient"
 )
 
 // EmbeddedFile is the File of a Config parsed from a built-in default rather
@@ -207,6 +208,24 @@ type RelayEndpoint struct {
 	// Namespace is the host put in the token URIs this client mints,
 	// canonical. Default: Host.
 	Namespace string
+	// RendezvousHosts (yaml: rendezvous_hosts) are the hosts besides Host
+	// that a WebSocket accept notice may send the agent to: ".example.com"
+	// matches every name ending so, "example.com" only itself; canonical.
+	// Default: [".servicebus.windows.net"] when Host is a
+	// *.servicebus.windows.net namespace (Azure's rendezvous gateways),
+	// else none.
+	RendezvousHosts []string
+}
+
+// AzureRendezvousSuffix is the default rendezvous_hosts entry for Azure
+// Relay namespaces, whose rendezvous gateways are g<n>-prod-<region>-...
+// hosts of the same domain.
+const AzureRendezvousSuffix = ".servicebus.windows.net"
+
+// ClientEndpoint returns e as the relay client takes it.
+func (e RelayEndpoint) ClientEndpoint() relayclient.Endpoint {
+	return relayclient.Endpoint{Host: e.Host, Control: e.Control, Data: e.Data, HTTP: e.HTTP, TLS: e.TLS,
+		Namespace: e.Namespace, RendezvousHosts: slices.Clone(e.RendezvousHosts)}
 }
 
 // Agent is the agent section.

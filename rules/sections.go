@@ -342,16 +342,34 @@ func (d *decoder) relayEndpoint(path string, n *yaml.Node) RelayEndpoint {
 			"http":      port(&e.HTTP),
 			"tls":       func(p string, v *yaml.Node) { e.TLS, tlsSet = d.boolean(p, v) },
 			"namespace": func(p string, v *yaml.Node) { e.Namespace, _ = d.host(p, v) },
+			"rendezvous_hosts": func(p string, v *yaml.Node) {
+				e.RendezvousHosts = []string{}
+				d.strList(p, v, func(ip, s string) {
+					suffix := strings.HasPrefix(s, ".")
+					h, err := canonicalHost(strings.TrimPrefix(s, "."))
+					if err != nil {
+						d.fieldErr(ip, "%v", err)
+						return
+					}
+					if suffix {
+						h = "." + h
+					}
+					e.RendezvousHosts = append(e.RendezvousHosts, h)
+				})
+			},
 		})
 		d.require(path, seen, "host")
 	default:
-		d.typeErr(path, v, "a host name or a mapping {host, control, data, http, tls, namespace}")
+		d.typeErr(path, v, "a host name or a mapping {host, control, data, http, tls, namespace, rendezvous_hosts}")
 	}
 	if !tlsSet {
 		e.TLS = !isLoopbackHost(e.Host)
 	}
 	if e.Namespace == "" {
 		e.Namespace = e.Host
+	}
+	if e.RendezvousHosts == nil && strings.HasSuffix(e.Host, AzureRendezvousSuffix) {
+		e.RendezvousHosts = []string{AzureRendezvousSuffix}
 	}
 	return e
 }

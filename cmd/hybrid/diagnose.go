@@ -85,7 +85,7 @@ func diagnose(ctx context.Context, cfg *rules.Config) []probe {
 			}
 			web := net.JoinHostPort(ep.Host, strconv.Itoa(ep.HTTP))
 			run(role, "relay http port", web, func(ctx context.Context) error { return healthz(ctx, ep, web) })
-			c := relayclient.New(ep, relayclient.WithProxy(proxyURL), relayclient.WithTransport(transport))
+			c := relayclient.New(ep.ClientEndpoint(), relayclient.WithProxy(proxyURL), relayclient.WithTransport(transport))
 			for _, k := range conns {
 				target := fmt.Sprintf("%s at %s (key %s)", k.hc, ep.Host, k.keyName)
 				run(role, right.String()+" key", target, func(ctx context.Context) error {

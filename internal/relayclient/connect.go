@@ -51,7 +51,7 @@ func (c *native) dialProxy(ctx context.Context, p *url.URL, addr string) (net.Co
 			paddr = net.JoinHostPort(p.Hostname(), "80")
 		}
 	}
-	conn, err := c.dialer.DialContext(ctx, "tcp", paddr)
+	conn, err := c.dialTCP(ctx, "tcp", paddr)
 	if err != nil {
 		return nil, fmt.Errorf("proxy %s: %w", paddr, err)
 	}

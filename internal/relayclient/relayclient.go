@@ -20,7 +20,42 @@ import (
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/wire"
-	"github.com/hybridconn/hybrid/rules"
+)
+
+// Endpoint is one relay as a client reaches it. The roles fill it from
+// their configuration (rules.RelayEndpoint); this package knows no config
+// file.
+type Endpoint struct {
+	// Host is the relay's DNS name or IP address (canonical: lower case, no
+	// trailing dot). TLS server names are checked against it.
+	Host string
+	// Control, Data and HTTP are the native control port, the native data
+	// port and the HTTP(S)/WebSocket port.
+	Control, Data, HTTP int
+	// TLS says whether every connection to the relay uses TLS.
+	TLS bool
+	// Namespace is the host put in the token URIs the client mints.
+	Namespace string
+	// RendezvousHosts are the host names, besides Host, that an accept
+	// notice's rendezvous address may name (WebSocket transport): an entry
+	// starting with "." matches any name ending with it, any other entry
+	// only itself. Azure Relay hands out rendezvous addresses on gateway
+	// hosts (g<n>-prod-...servicebus.windows.net); hybrid's relay only ever
+	// names itself.
+	RendezvousHosts []string
+}
+
+// Transports: the values WithTransport takes.
+const (
+	// TransportTCP is hybrid's native binary protocol on the control and
+	// data ports.
+	TransportTCP = "tcp"
+	// TransportWebSocket is Azure Relay's Hybrid Connections protocol on
+	// the HTTP(S) port.
+	TransportWebSocket = "websocket"
+	// TransportAuto is native when the control port answers, WebSocket
+	// otherwise.
+	TransportAuto = "auto"
 )
 
 // Timeouts of the client side.
@@ -84,6 +119,16 @@ type Control interface {
 type Event struct {
 	Accept   *Accept
 	Detached *Detached
+	Dropped  *Dropped
+}
+
+// Dropped is an accept notice the client refused to act on, because the
+// relay told it to connect somewhere it must not (a WebSocket rendezvous
+// address off the relay). Nothing was dialled, not even to reject it.
+type Dropped struct {
+	Accept  *Accept // what the notice asked for
+	Address string  // the address it named, clipped for logs
+	Reason  string  // why it was refused
 }
 
 // Detached says the relay ended an attachment (revoked key, expired token).
@@ -96,8 +141,8 @@ type Detached struct {
 // (WithTransport("tcp")), Azure's WebSocket protocol on ep.HTTP with
 // WithTransport("websocket"), or with WithTransport("auto") native when the
 // control port answers a short probe and WebSocket otherwise.
-func New(ep rules.RelayEndpoint, opts ...Option) Client {
-	o := options{transport: rules.TransportTCP}
+func New(ep Endpoint, opts ...Option) Client {
+	o := options{transport: TransportTCP}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -109,9 +154,9 @@ func New(ep rules.RelayEndpoint, opts ...Option) Client {
 	}
 	n := newNative(ep, o)
 	switch o.transport {
-	case rules.TransportWebSocket:
+	case TransportWebSocket:
 		return newWS(n)
-	case rules.TransportAuto:
+	case TransportAuto:
 		return &auto{native: n, ws: newWS(n), log: o.log, probeTimeout: o.probeTimeout}
 	}
 	return n
@@ -125,8 +170,8 @@ type options struct {
 	probeTimeout time.Duration
 }
 
-// WithTransport picks the protocol: rules.TransportTCP (the default),
-// rules.TransportWebSocket or rules.TransportAuto.
+// WithTransport picks the protocol: TransportTCP (the default),
+// TransportWebSocket or TransportAuto.
 func WithTransport(t string) Option {
 	return func(o *options) {
 		if t != "" {
@@ -146,8 +191,10 @@ func WithLogger(l hclog.Logger) Option { return func(o *options) { o.log = l } }
 // port before it falls back to WebSocket (default ProbeTimeout).
 func WithProbeTimeout(d time.Duration) Option { return func(o *options) { o.probeTimeout = d } }
 
-func newNative(ep rules.RelayEndpoint, o options) *native {
-	c := &native{ep: ep, dialer: net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}, proxyURL: o.proxyURL}
+func newNative(ep Endpoint, o options) *native {
+	c := &native{ep: ep, proxyURL: o.proxyURL}
+	d := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
+	c.dialTCP = d.DialContext
 	if ep.TLS {
 		c.tls = &tls.Config{ServerName: ep.Host, MinVersion: tls.VersionTLS12}
 		if o.tls != nil {
@@ -161,8 +208,10 @@ func newNative(ep rules.RelayEndpoint, o options) *native {
 }
 
 type native struct {
-	ep       rules.RelayEndpoint
-	dialer   net.Dialer
+	ep Endpoint
+	// dialTCP opens every TCP connection the client makes (to the relay, a
+	// rendezvous host or a CONNECT proxy): one place to observe them.
+	dialTCP  func(ctx context.Context, network, addr string) (net.Conn, error)
 	tls      *tls.Config
 	proxyURL string // HTTP CONNECT proxy; "" = from the environment
 }
@@ -187,7 +236,7 @@ func (c *native) dialHost(ctx context.Context, host string, port int) (net.Conn,
 	if proxy != nil {
 		conn, err = c.dialProxy(ctx, proxy, addr)
 	} else {
-		conn, err = c.dialer.DialContext(ctx, "tcp", addr)
+		conn, err = c.dialTCP(ctx, "tcp", addr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: %w", addr, err)

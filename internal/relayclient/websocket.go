@@ -102,8 +102,9 @@ func (w *watchConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// dialWS opens a WebSocket to rawURL. A refused upgrade is returned as a
-// *status.Error built from the HTTP answer.
+// dialWS opens a WebSocket to rawURL on the relay (its http port unless
+// the URL names another). A refused upgrade is returned as a *status.Error
+// built from the HTTP answer.
 func (c *wsClient) dialWS(ctx context.Context, rawURL string, hdr http.Header, timeout time.Duration) (*websocket.Conn, *watchConn, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -112,12 +113,15 @@ func (c *wsClient) dialWS(ctx context.Context, rawURL string, hdr http.Header, t
 	port := c.n.ep.HTTP
 	if p := u.Port(); p != "" {
 		port, _ = strconv.Atoi(p)
-	} else if u.Scheme == "wss" {
-		port = 443
-	} else if u.Scheme == "ws" {
-		port = 80
 	}
-	conn, err := c.n.dialHost(ctx, u.Hostname(), port)
+	return c.dialWSAt(ctx, c.n.ep.Host, port, u, hdr, timeout)
+}
+
+// dialWSAt opens a WebSocket to u over a TCP connection to host:port, and
+// nowhere else whatever u says.
+func (c *wsClient) dialWSAt(ctx context.Context, host string, port int, u *url.URL, hdr http.Header, timeout time.Duration) (*websocket.Conn, *watchConn, error) {
+	rawURL := u.String()
+	conn, err := c.n.dialHost(ctx, host, port)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -253,7 +257,7 @@ func (c *wsClient) Listen(ctx context.Context, agent, version string) (Control, 
 		return nil, err
 	}
 	conn.Close()
-	return &wsControl{client: c, agent: agent, chans: map[string]*wsChan{}, addrs: map[StreamID]string{},
+	return &wsControl{client: c, agent: agent, chans: map[string]*wsChan{}, addrs: map[StreamID]rendezvous{},
 		events: make(chan Event, 64), done: make(chan struct{})}, nil
 }
 
@@ -264,11 +268,14 @@ type wsControl struct {
 
 	mu    sync.Mutex
 	chans map[string]*wsChan
-	addrs map[StreamID]string // rendezvous addresses of notified streams
+	addrs map[StreamID]rendezvous // rendezvous addresses of notified streams
 	err   error
 	once  sync.Once
 	done  chan struct{}
-	wg    sync.WaitGroup
+	wg    sync.WaitGroup // read and ping loops
+	// rejects counts rejections still dialling; they end on their own
+	// within HandshakeTimeout.
+	rejects sync.WaitGroup
 }
 
 type wsChan struct {
@@ -323,6 +330,7 @@ func (c *wsControl) Attach(ctx context.Context, hc, token string) error {
 		return err
 	}
 	ws.PayloadType = websocket.TextFrame
+	ws.MaxPayloadBytes = MaxControlMessage
 	ch := &wsChan{hc: hc, ws: ws, wc: wc}
 	c.mu.Lock()
 	if c.err != nil {
@@ -390,7 +398,15 @@ func (c *wsControl) Detach(hc string) error {
 	return nil
 }
 
-func (c *wsControl) takeAddr(id StreamID) (string, bool) {
+// rendezvous is a checked rendezvous address: the URL to request and the
+// only host and port it may be requested from.
+type rendezvous struct {
+	url  *url.URL
+	host string
+	port int
+}
+
+func (c *wsControl) takeAddr(id StreamID) (rendezvous, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a, ok := c.addrs[id]
@@ -406,12 +422,19 @@ func (c *wsControl) Reject(id StreamID, code status.Code, msg string) error {
 	if code == status.OK {
 		code = status.Refused
 	}
-	u := addr + "&sb-hc-statusCode=" + strconv.Itoa(status.HTTPStatus(code)) +
-		"&sb-hc-statusDescription=" + url.QueryEscape(msg) + "&hybrid-status=" + strconv.Itoa(int(code))
+	u := *addr.url
+	q := u.Query()
+	q.Set("sb-hc-action", "accept")
+	q.Set("sb-hc-statusCode", strconv.Itoa(status.HTTPStatus(code)))
+	q.Set("sb-hc-statusDescription", msg)
+	q.Set("hybrid-status", strconv.Itoa(int(code)))
+	u.RawQuery = q.Encode()
+	c.rejects.Add(1)
 	go func() { // like the native REJECT, this does not wait
+		defer c.rejects.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 		defer cancel()
-		ws, _, err := c.client.dialWS(ctx, u, nil, HandshakeTimeout)
+		ws, _, err := c.client.dialWSAt(ctx, addr.host, addr.port, &u, nil, HandshakeTimeout)
 		if err == nil {
 			ws.Close() // a relay that accepted a rejection: nothing more to do
 		}
@@ -424,11 +447,10 @@ func (c *wsControl) Join(ctx context.Context, a *Accept, token string) (net.Conn
 	if !ok {
 		return nil, status.Errorf(status.NotFound, "no pending stream %s", a.ID)
 	}
-	h := http.Header{}
-	if token != "" {
-		h.Set(headerAuth, token)
-	}
-	ws, _, err := c.client.dialWS(ctx, addr, h, HandshakeTimeout)
+	// No token on the rendezvous: the single-use address is the
+	// capability (as in Azure), and the listen key stays with the relay
+	// that was configured.
+	ws, _, err := c.client.dialWSAt(ctx, addr.host, addr.port, addr.url, nil, HandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -468,41 +490,141 @@ func header(h map[string]string, name string) string {
 	return ""
 }
 
+// MaxControlMessage caps one message on a WebSocket control channel: an
+// accept notice is well under 8 KiB, so anything near this is hostile.
+const MaxControlMessage = 64 << 10
+
 func (c *wsControl) readLoop(ch *wsChan) {
 	defer c.wg.Done()
 	for {
-		var m wsAcceptMsg
-		err := websocket.JSON.Receive(ch.ws, &m)
+		var msg []byte
+		err := websocket.Message.Receive(ch.ws, &msg)
 		if err != nil {
-			var se *json.SyntaxError
-			if errors.As(err, &se) {
-				continue // not for us
+			if errors.Is(err, websocket.ErrFrameTooLarge) {
+				err = fmt.Errorf("relay sent a control message over %d bytes", MaxControlMessage)
 			}
 			if !ch.leaving.Load() {
 				c.fail(fmt.Errorf("control channel to %s for %q: %w", c.client, ch.hc, closedErr(err)))
 			}
 			return
 		}
-		if m.Accept == nil {
+		ev, ok := c.notice(ch.hc, msg)
+		if !ok {
 			continue // a message this client does not know (Azure's "request")
 		}
-		acc := &Accept{ID: idOf(m.Accept.ID), HC: ch.hc,
-			Target:    header(m.Accept.ConnectHeaders, headerTarget),
-			SenderKey: header(m.Accept.ConnectHeaders, headerSenderKey)}
-		if m.Accept.RemoteEndpoint.Address != "" {
-			acc.SenderAddr = net.JoinHostPort(m.Accept.RemoteEndpoint.Address, strconv.Itoa(m.Accept.RemoteEndpoint.Port))
-		}
-		c.mu.Lock()
-		c.addrs[acc.ID] = m.Accept.Address
-		c.mu.Unlock()
-		// Forget addresses never used (a relay waits about 30 s at most).
-		time.AfterFunc(time.Minute, func() { c.takeAddr(acc.ID) })
 		select {
-		case c.events <- Event{Accept: acc}:
+		case c.events <- ev:
 		case <-c.done:
 			return
 		}
 	}
+}
+
+// notice turns one control message into an event: an accept whose
+// rendezvous address the agent may follow, or a dropped notice saying why
+// not. ok is false for messages that are not accept notices.
+func (c *wsControl) notice(hc string, msg []byte) (ev Event, ok bool) {
+	var m wsAcceptMsg
+	if json.Unmarshal(msg, &m) != nil || m.Accept == nil {
+		return Event{}, false
+	}
+	acc := &Accept{ID: idOf(m.Accept.ID), HC: hc,
+		Target:    header(m.Accept.ConnectHeaders, headerTarget),
+		SenderKey: header(m.Accept.ConnectHeaders, headerSenderKey)}
+	if m.Accept.RemoteEndpoint.Address != "" {
+		acc.SenderAddr = net.JoinHostPort(m.Accept.RemoteEndpoint.Address, strconv.Itoa(m.Accept.RemoteEndpoint.Port))
+	}
+	rv, err := c.client.checkRendezvous(m.Accept.Address, hc)
+	if err != nil {
+		// Never dial it, not even to reject: a relay must not be able to
+		// point the agent at anything but itself.
+		return Event{Dropped: &Dropped{Accept: acc, Address: clip(m.Accept.Address), Reason: err.Error()}}, true
+	}
+	c.mu.Lock()
+	c.addrs[acc.ID] = rv
+	c.mu.Unlock()
+	// Forget addresses never used (a relay waits about 30 s at most).
+	time.AfterFunc(time.Minute, func() { c.takeAddr(acc.ID) })
+	return Event{Accept: acc}, true
+}
+
+// clip shortens s for a log line.
+func clip(s string) string {
+	const max = 200
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}
+
+// checkRendezvous reports why the agent must not follow addr, the
+// rendezvous address of an accept notice for hc, or nil if it may: the
+// scheme must match the relay entry's TLS setting, the host must be the
+// relay itself (on its http port) or one of the entry's rendezvous hosts
+// (on the scheme's port or the http port), the path must be /$hc/<hc> and
+// the query must name the accept action and a stream id.
+func (c *wsClient) checkRendezvous(addr, hc string) (rendezvous, error) {
+	fail := func(err error) (rendezvous, error) { return rendezvous{}, err }
+	u, err := url.Parse(addr)
+	if err != nil {
+		return fail(errors.New("rendezvous address does not parse"))
+	}
+	want, defPort := "ws", 80
+	if c.n.tls != nil {
+		want, defPort = "wss", 443
+	}
+	if u.Scheme != want {
+		return fail(fmt.Errorf("rendezvous scheme %q is not %q", u.Scheme, want))
+	}
+	if u.User != nil || u.Fragment != "" || u.Opaque != "" {
+		return fail(errors.New("rendezvous address has user info, a fragment or no path"))
+	}
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	port := defPort
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return fail(fmt.Errorf("rendezvous port %q is not a port", p))
+		}
+		port = n
+	}
+	switch {
+	case host == c.n.ep.Host:
+		if port != c.n.ep.HTTP {
+			return fail(fmt.Errorf("rendezvous port %d is not the relay's http port %d", port, c.n.ep.HTTP))
+		}
+	case rendezvousHost(c.n.ep.RendezvousHosts, host):
+		if port != defPort && port != c.n.ep.HTTP {
+			return fail(fmt.Errorf("rendezvous port %d on %s is neither %d nor the relay's http port", port, host, defPort))
+		}
+	default:
+		return fail(fmt.Errorf("rendezvous host %q is neither the relay %q nor in its rendezvous_hosts", host, c.n.ep.Host))
+	}
+	if u.Path != "/$hc/"+hc {
+		return fail(fmt.Errorf("rendezvous path %q is not /$hc/%s", u.Path, hc))
+	}
+	q := u.Query()
+	if a := q.Get("sb-hc-action"); a != "accept" && a != "reject" {
+		return fail(fmt.Errorf("rendezvous action %q is not accept", a))
+	}
+	if q.Get("sb-hc-id") == "" {
+		return fail(errors.New("rendezvous address has no sb-hc-id"))
+	}
+	return rendezvous{url: u, host: host, port: port}, nil
+}
+
+// rendezvousHost reports whether host matches an entry of hosts: ".x.y"
+// matches names ending with it, any other entry only itself.
+func rendezvousHost(hosts []string, host string) bool {
+	if host == "" {
+		return false
+	}
+	for _, h := range hosts {
+		if h == host || strings.HasPrefix(h, ".") && strings.HasSuffix(host, h) && len(host) > len(h) {
+			return true
+		}
+	}
+	return false
 }
 
 func closedErr(err error) error {

@@ -40,7 +40,7 @@ func lis(t *testing.T) net.Listener {
 
 func portOf(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
-func startRelay(t *testing.T) rules.RelayEndpoint {
+func startRelay(t *testing.T) relayclient.Endpoint {
 	keys := []rules.Key{
 		{Name: "apps", Rights: []string{"send"}, Primary: sendKey},
 		{Name: "onprem", Rights: []string{"listen"}, Primary: listenKey},
@@ -57,14 +57,14 @@ func startRelay(t *testing.T) rules.RelayEndpoint {
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx, l); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return rules.RelayEndpoint{Host: "127.0.0.1", Control: portOf(l.Control), Data: portOf(l.Data), HTTP: portOf(l.HTTP), Namespace: ns}
+	return relayclient.Endpoint{Host: "127.0.0.1", Control: portOf(l.Control), Data: portOf(l.Data), HTTP: portOf(l.HTTP), Namespace: ns}
 }
 
 // TestWebSocketRoundTrip: listener and sender over WebSocket, with renewal,
 // rejection and detach.
 func TestWebSocketRoundTrip(t *testing.T) {
 	ep := startRelay(t)
-	c := relayclient.New(ep, relayclient.WithTransport(rules.TransportWebSocket))
+	c := relayclient.New(ep, relayclient.WithTransport(relayclient.TransportWebSocket))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ctl, err := c.Listen(ctx, "t", "v")
@@ -141,7 +141,7 @@ func TestWebSocketRefusalFromForeignServer(t *testing.T) {
 		}))
 		_, p, _ := net.SplitHostPort(srv.Listener.Addr().String())
 		port, _ := strconv.Atoi(p)
-		c := relayclient.New(rules.RelayEndpoint{Host: "127.0.0.1", HTTP: port}, relayclient.WithTransport(rules.TransportWebSocket))
+		c := relayclient.New(relayclient.Endpoint{Host: "127.0.0.1", HTTP: port}, relayclient.WithTransport(relayclient.TransportWebSocket))
 		_, err := c.Open(context.Background(), "pg", "x", "")
 		var se *status.Error
 		if !errors.As(err, &se) || se.Code != tc.want || se.Msg != "nope "+strconv.Itoa(tc.http) {
