@@ -6,6 +6,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/hybridconn/hybrid/internal/safefile"
 )
 
 // AuditEvent is one line of the audit log.
@@ -35,7 +37,7 @@ type Audit struct {
 
 // OpenAudit opens (or creates) path for appending, readable by its owner only.
 func OpenAudit(path string) (*Audit, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := safefile.OpenAppend(path, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}

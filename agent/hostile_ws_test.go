@@ -49,8 +49,8 @@ func countingListenerOn(t *testing.T, host string) (string, *atomic.Int64) {
 // audit it, and keep its control channel: a last, honest notice is still
 // followed, to the relay itself and without the listen token.
 func TestHostileWebSocketRelay(t *testing.T) {
-	resource, resourceHits := countingListener(t) // the published endpoint
-	other, otherHits := countingListener(t)       // another port on the relay's host
+	resource, resourceHits := countingListener(t)            // the published endpoint
+	other, otherHits := countingListener(t)                  // another port on the relay's host
 	other2, other2Hits := countingListenerOn(t, "127.0.0.2") // on another host
 
 	var rendezvous atomic.Int64 // honest rendezvous requests that reached the relay

@@ -37,6 +37,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/hybridconn/hybrid/internal/safefile"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -230,17 +231,17 @@ const maxHostsFile = 16 << 20
 // block) and writes the file only when that changes it. inPlace reports that
 // the file had to be rewritten in place (see writeHostsFile).
 func updateHostsFile(path string, entries []hostsEntry, rng netip.Prefix) (changed, inPlace bool, shadowed []string, err error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.Read(path, maxHostsFile)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if len(entries) == 0 {
 			return false, false, nil, nil
 		}
 		data = nil
+	case errors.Is(err, safefile.ErrTooLarge):
+		return false, false, nil, fmt.Errorf("proxy: hosts mode: %s is over %d bytes: not a hosts file", path, maxHostsFile)
 	case err != nil:
 		return false, false, nil, fmt.Errorf("proxy: hosts mode: %w", err)
-	case len(data) > maxHostsFile:
-		return false, false, nil, fmt.Errorf("proxy: hosts mode: %s is over %d bytes: not a hosts file", path, maxHostsFile)
 	}
 	out, shadowed := editHosts(data, entries, rng)
 	if bytes.Equal(out, data) {

@@ -22,8 +22,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/hybridconn/hybrid/internal/admin"
+	"github.com/hybridconn/hybrid/internal/safefile"
 	"github.com/hybridconn/hybrid/rules"
 )
+
+// maxPEM bounds a certificate chain or key file.
+const maxPEM = 1 << 20
 
 // DefaultGrace is how long live streams may go on after a stop is asked for.
 const DefaultGrace = 10 * time.Second
@@ -82,7 +86,15 @@ func (s *Server) ReloadCertificate() error {
 }
 
 func (s *Server) loadCert(t *rules.TLS) error {
-	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	certPEM, err := safefile.Read(t.Cert, maxPEM)
+	if err != nil {
+		return fmt.Errorf("relay tls: %w", err)
+	}
+	keyPEM, err := safefile.Read(t.Key, maxPEM)
+	if err != nil {
+		return fmt.Errorf("relay tls: %w", err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return fmt.Errorf("relay tls: %w", err)
 	}

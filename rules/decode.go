@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"math"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +36,7 @@ type decoder struct {
 type fields map[string]func(path string, v *yaml.Node)
 
 func (d *decoder) errorf(line int, field, format string, args ...any) {
-	d.errs = append(d.errs, Error{File: d.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
+	d.errs = append(d.errs, Error{File: d.file, Line: line, Field: field, Msg: clipQuoted(fmt.Sprintf(format, args...))})
 	if d.errAt == nil {
 		d.errAt, d.errUnder = map[string]bool{}, map[string]bool{}
 	}
@@ -43,6 +44,32 @@ func (d *decoder) errorf(line int, field, format string, args ...any) {
 	for f := field; f != "" && !d.errUnder[f]; f = parentPath(f) {
 		d.errUnder[f] = true
 	}
+}
+
+// quoted matches a Go-quoted string (%q) in a message.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// maxQuoted is the longest quoted value a message repeats whole; longer
+// ones (a pasted certificate, a runaway line) are cut to a prefix.
+const maxQuoted = 64
+
+// clipQuoted shortens every quoted value in msg to a short prefix, so that a
+// bad value of any size gives a readable one-line message.
+func clipQuoted(msg string) string {
+	return quoted.ReplaceAllStringFunc(msg, func(q string) string {
+		if len(q) <= maxQuoted {
+			return q
+		}
+		v, err := strconv.Unquote(q)
+		if err != nil {
+			return q[:maxQuoted/2] + `…"`
+		}
+		r := []rune(v)
+		if len(r) > maxQuoted/2 {
+			r = r[:maxQuoted/2]
+		}
+		return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(string(r)), len(v))
+	})
 }
 
 // bad reports whether an error was reported at field.
@@ -54,7 +81,7 @@ func (d *decoder) badUnder(field string) bool { return d.errUnder[field] }
 // fieldErr reports a problem at field's own line, or its nearest ancestor's.
 // fieldWarn records something valid but likely unintended about field.
 func (d *decoder) fieldWarn(field, format string, args ...any) {
-	d.warns = append(d.warns, Error{File: d.file, Line: d.line(field), Field: field, Msg: fmt.Sprintf(format, args...)})
+	d.warns = append(d.warns, Error{File: d.file, Line: d.line(field), Field: field, Msg: clipQuoted(fmt.Sprintf(format, args...))})
 }
 
 // firstSeen records key at field in seen and reports true; when seen holds

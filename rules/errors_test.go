@@ -468,7 +468,7 @@ relay:
 				`hybrid.yaml:5: agent.connections[1].key: environment variable HYBRID_TEST_EMPTY is empty`,
 				`hybrid.yaml:6: agent.connections[2].key: "${" is only allowed as the whole value, as in "${NAME}"`,
 				`hybrid.yaml:7: agent.connections[3].key_file: give either key or key_file, not both`,
-				`hybrid.yaml:8: agent.connections[4].key_file: cannot read key file: stat /nonexistent/hybrid-test-key: no such file or directory`,
+				`hybrid.yaml:8: agent.connections[4].key_file: cannot read key file: open /nonexistent/hybrid-test-key: no such file or directory`,
 				`hybrid.yaml:9: agent.connections[5].key: key too short (from HYBRID_TEST_SHORT): 5 characters, want at least 16 (hybrid keys new makes one)`,
 				`hybrid.yaml:10: agent.connections[6].key_file: must not be empty`,
 				`hybrid.yaml:11: agent.connections[7].key_file: key file / is not a regular file`,
@@ -509,7 +509,7 @@ agent:
 			want: []string{
 				`hybrid.yaml:3: proxy.connections[0].listen: invalid listen address "127.0.0.1:99999": port must be a number 0-65535`,
 				`hybrid.yaml:4: proxy.socks: invalid listen address "127.0.0.1": want host:port`,
-				`hybrid.yaml:5: proxy.relay.prot: unknown field "prot" (want control, data, host, http, namespace or tls)`,
+				`hybrid.yaml:5: proxy.relay.prot: unknown field "prot" (want control, data, host, http, namespace, rendezvous_hosts or tls)`,
 				`hybrid.yaml:7: log.level: unknown level "Info" (want trace, debug, info, warn or error)`,
 				`hybrid.yaml:13: agent.connections[1].key: required (or key_file)`,
 				`hybrid.yaml:13: agent.connections[1].name: duplicate name "A" (first at line 12; names are compared ignoring case)`,
@@ -605,7 +605,7 @@ proxy:
 `
 		_, err := Parse(file, []byte(src))
 		want := file + `:4: agent.connections[0].key_file: key file ` + filepath.Join(dir, "empty.key") + ` is empty` + "\n" +
-			file + `:5: agent.connections[1].key_file: cannot read key file: stat ` + filepath.Join(dir, "missing.key") + `: no such file or directory`
+			file + `:5: agent.connections[1].key_file: cannot read key file: open ` + filepath.Join(dir, "missing.key") + `: no such file or directory`
 		if err == nil || err.Error() != want {
 			t.Errorf("err = %v\nwant %s", err, want)
 		}
@@ -657,5 +657,27 @@ func TestAliasBomb(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no budget error among %d errors", len(es))
+	}
+}
+
+// TestLongValuesClipped: a bad value of any size is quoted as a short
+// prefix, never whole.
+func TestLongValuesClipped(t *testing.T) {
+	long := strings.Repeat("x", 100000)
+	for _, doc := range []string{
+		"proxy:\n  relay: 127.0.0.1\n  transport: " + long + "\n  connections: []\n",
+		"agent:\n  relays: [" + long + "]\n  connections: []\n",
+		"log: {level: \"" + strings.Repeat("é\\x00", 5000) + "\"}\nproxy: {relay: 127.0.0.1, connections: []}\n",
+	} {
+		_, err := Parse("hybrid.yaml", []byte(doc))
+		if err == nil {
+			t.Fatal("want an error")
+		}
+		if len(err.Error()) > 400 {
+			t.Fatalf("message of %d bytes:\n%.600s", len(err.Error()), err.Error())
+		}
+		if !strings.Contains(err.Error(), "bytes)") {
+			t.Fatalf("no sign of a clipped value: %s", err)
+		}
 	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/viper"
 	"gopkg.in/yaml.v3"
+
+	"github.com/hybridconn/hybrid/internal/safefile"
 )
 
 // Load reads and parses the config file at path (see Parse). An unreadable
@@ -23,7 +25,7 @@ func Load(path string) (*Config, error) { return LoadSections(path) }
 // LoadSections is Load for a process that runs only the named sections
 // ("relay", "agent", "proxy"; none means all): see ParseSections.
 func LoadSections(path string, sections ...string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.Read(path, safefile.MaxConfig)
 	if err != nil {
 		var pe *os.PathError
 		msg := err.Error()

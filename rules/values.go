@@ -3,7 +3,6 @@ package rules
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"net/url"
@@ -17,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/hybridconn/hybrid/internal/endpoint"
+	"github.com/hybridconn/hybrid/internal/safefile"
 )
 
 // minKeyLen is the shortest key value accepted: shorter ones are guessable.
@@ -377,25 +377,14 @@ func (d *decoder) checkKeyValue(path, s, from string) bool {
 
 // readKeyFile reads a key from a regular file, without trailing whitespace.
 func readKeyFile(path string) (string, error) {
-	// Stat first: opening a FIFO or device could block or never end.
-	st, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("cannot read key file: %w", err)
-	}
-	if !st.Mode().IsRegular() {
+	data, err := safefile.Read(path, maxKeyFile)
+	switch {
+	case errors.Is(err, safefile.ErrNotRegular):
 		return "", fmt.Errorf("key file %s is not a regular file", path)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("cannot read key file: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
-	if err != nil {
-		return "", fmt.Errorf("cannot read key file: %w", err)
-	}
-	if len(data) > maxKeyFile {
+	case errors.Is(err, safefile.ErrTooLarge):
 		return "", fmt.Errorf("key file %s is too large (over %d bytes)", path, maxKeyFile)
+	case err != nil:
+		return "", fmt.Errorf("cannot read key file: %w", err)
 	}
 	s := strings.TrimRight(string(data), " \t\r\n")
 	if s == "" {

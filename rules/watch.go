@@ -17,6 +17,8 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/hybridconn/hybrid/internal/safefile"
 )
 
 // Watcher defaults (see WatchOptions).
@@ -494,8 +496,9 @@ func (w *Watcher) read(ctx context.Context) ([]byte, error) {
 	t.Stop()
 	defer t.Stop()
 	for {
-		data, err := os.ReadFile(w.path)
-		if err == nil || !time.Now().Before(deadline) {
+		data, err := safefile.Read(w.path, safefile.MaxConfig)
+		if err == nil || errors.Is(err, safefile.ErrNotRegular) || errors.Is(err, safefile.ErrTooLarge) ||
+			!time.Now().Before(deadline) {
 			return data, err
 		}
 		t.Reset(every)
