@@ -263,7 +263,13 @@ func updateHostsFile(path string, entries []hostsEntry, rng netip.Prefix) (chang
 // rewritten in place, never truncated to nothing first: the new bytes are
 // written over the old ones, then the file is cut to length. inPlace reports
 // that.
+//
+// A path that is a symbolic link (as /etc/hosts is on some distributions)
+// is written through to its target: the link stays a link.
 func writeHostsFile(path string, data []byte) (inPlace bool, err error) {
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		path = target
+	}
 	mode := fs.FileMode(0o644)
 	uid, gid := -1, -1
 	if fi, err := os.Stat(path); err == nil {

@@ -188,6 +188,37 @@ func TestUpdateHostsFile(t *testing.T) {
 	}
 }
 
+// TestUpdateHostsFileSymlink: a hosts file that is a symbolic link (as
+// /etc/hosts is on some distributions) is written through to its target;
+// the link stays a link, and stays put when the block is removed.
+func TestUpdateHostsFileSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "etc-hosts-real")
+	if err := os.WriteFile(target, []byte(userPart), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "hosts")
+	if err := os.Symlink("etc-hosts-real", link); err != nil {
+		t.Fatal(err)
+	}
+	one := entries("pg.corp.local", "127.77.239.123")
+	for i, want := range []string{userPart + block1, userPart} {
+		var es []hostsEntry
+		if i == 0 {
+			es = one
+		}
+		if changed, _, _, err := updateHostsFile(link, es, testRange); err != nil || !changed {
+			t.Fatalf("step %d: changed=%v err=%v", i, changed, err)
+		}
+		if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Fatalf("step %d: %s is no longer a symbolic link (%v)", i, link, err)
+		}
+		if b, _ := os.ReadFile(target); string(b) != want {
+			t.Fatalf("step %d: target holds:\n%s", i, b)
+		}
+	}
+}
+
 // In place is what happens on a mount point (the integration test has one).
 // Here the temporary file cannot be made: its name, longer than the file's,
 // is too long for the file system.

@@ -43,6 +43,7 @@ import (
 
 	"github.com/hybridconn/hybrid/internal/endpoint"
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -208,14 +209,19 @@ func (p *Proxy) serveSocks(ctx context.Context, raw net.Conn) {
 		},
 	}
 	if users := p.cfg.Load().SocksAuth; len(users) > 0 {
-		if p.socksFails.Blocked(client) {
-			// Too many wrong passwords from this address: not heard now.
-			p.socksBusy.Add(1)
-			log.Debug("socks: client over the failed-login limit; closed")
-			return
-		}
 		creds := newSocksCredentials(users, log)
-		creds.failed = func() { p.socksFails.Fail(client) }
+		creds.failed = func(user string) {
+			// Always checked, so a right password always gets in; only
+			// wrong ones are slowed and summed in the log.
+			v := p.socksFails.Fail(client)
+			if v.Log {
+				log.Warn("socks: authentication failed", "username", strconv.Quote(user),
+					"more_failures_from_source_last_window", v.Suppressed)
+			}
+			if v.Over {
+				time.Sleep(limit.Delay)
+			}
+		}
 		conf.Credentials = creds
 	}
 	srv, err := socks5.New(conf)
@@ -410,7 +416,7 @@ func (s *socksStream) CloseWrite() error {
 type socksCredentials struct {
 	users  []socksDigest
 	log    hclog.Logger
-	failed func() // called on a wrong username or password; may be nil
+	failed func(user string) // called on a wrong username or password; may be nil
 }
 
 type socksDigest struct{ user, pass [sha256.Size]byte }
@@ -430,9 +436,10 @@ func (c *socksCredentials) Valid(user, password string) bool {
 		ok |= subtle.ConstantTimeCompare(u[:], d.user[:]) & subtle.ConstantTimeCompare(pw[:], d.pass[:])
 	}
 	if ok != 1 {
-		c.log.Warn("socks: authentication failed", "username", strconv.Quote(user))
 		if c.failed != nil {
-			c.failed()
+			c.failed(user)
+		} else {
+			c.log.Warn("socks: authentication failed", "username", strconv.Quote(user))
 		}
 	}
 	return ok == 1

@@ -428,17 +428,24 @@ func (c *Core) candidatesLocked(hc string) []*Session {
 	return out
 }
 
+// authorize verifies token for need on hc. A valid token is always
+// accepted, whatever else came from the same address; failures are
+// counted per source, logged once per window, and answered after a delay
+// once a source is over its budget (limit.Failures).
 func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (Grant, error) {
-	if c.fails.Blocked(remote) {
-		c.stats.AuthFailures.Add(1)
-		return Grant{}, status.Errorf(status.Busy, "too many failed authentications from %s; slow down", limit.HostOf(remote))
-	}
 	a := c.auth.Load()
 	m, err := a.verify(hc, token, need)
-	if err != nil {
-		c.fails.Fail(remote)
-		c.stats.AuthFailures.Add(1)
-		c.log.Warn("authentication failed", "hc", hc, "need", need.String(), "remote", remote, "error", err)
+	if err == nil {
+		return m, nil
+	}
+	c.stats.AuthFailures.Add(1)
+	v := c.fails.Fail(remote)
+	if v.Log {
+		c.log.Warn("authentication failed", "hc", hc, "need", need.String(), "remote", remote, "error", err,
+			"more_failures_from_source_last_window", v.Suppressed)
+	}
+	if v.Over {
+		time.Sleep(limit.Delay) // slow down a source that keeps failing; never a correct one
 	}
 	return m, err
 }

@@ -22,8 +22,16 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/hybridconn/hybrid/internal/admin"
+	"github.com/hybridconn/hybrid/internal/connlimit"
 	"github.com/hybridconn/hybrid/internal/safefile"
 	"github.com/hybridconn/hybrid/rules"
+)
+
+// Bounds of the http listener.
+const (
+	httpReadTimeout = 2 * time.Minute
+	httpIdleTimeout = 90 * time.Second
+	maxHeaderBytes  = 64 << 10
 )
 
 // maxPEM bounds a certificate chain or key file.
@@ -43,6 +51,9 @@ type Server struct {
 	cert  atomic.Pointer[tls.Certificate]
 	admin *admin.Admin  // set by Register: served on the http listener
 	Grace time.Duration // zero means DefaultGrace
+
+	mu      sync.Mutex
+	limited map[string]*connlimit.Listener // by listener name, once serving
 }
 
 // New validates cfg into a server. It does not listen yet.
@@ -51,7 +62,7 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{log: log}
+	s := &Server{log: log, limited: map[string]*connlimit.Listener{}}
 	s.cfg.Store(cfg)
 	s.core = NewCore(log, auth)
 	s.door = newNativeDoor(s.core, log)
@@ -110,7 +121,7 @@ func (s *Server) loadCert(t *rules.TLS) error {
 // refused so the running relay stays as it is.
 func (s *Server) Apply(cfg *rules.Relay) error {
 	old := s.cfg.Load()
-	if cfg.Listen != old.Listen {
+	if cfg.Listen != old.Listen || cfg.Admin != old.Admin {
 		return fmt.Errorf("relay: listen addresses changed (%+v → %+v): restart the relay to apply", old.Listen, cfg.Listen)
 	}
 	if (cfg.TLS == nil) != (old.TLS == nil) {
@@ -127,15 +138,22 @@ func (s *Server) Apply(cfg *rules.Relay) error {
 	}
 	s.cfg.Store(cfg)
 	s.core.SetAuth(auth)
+	s.mu.Lock()
+	for _, cl := range s.limited {
+		cl.SetLimits(connlimit.Limits{Total: cfg.Limits.Connections, PerSource: cfg.Limits.PerSource})
+	}
+	s.mu.Unlock()
 	return nil
 }
 
 // Core returns the server's core.
 func (s *Server) Core() *Core { return s.core }
 
-// Listeners are the relay's three listening sockets.
+// Listeners are the relay's listening sockets. Admin is optional: the
+// separate status/metrics listener.
 type Listeners struct {
 	Control, Data, HTTP net.Listener
+	Admin               net.Listener
 }
 
 // Listen opens the listeners named in the configuration.
@@ -158,8 +176,11 @@ func (s *Server) Listen() (*Listeners, error) {
 	l.Control = open("control", cfg.Listen.Control)
 	l.Data = open("data", cfg.Listen.Data)
 	l.HTTP = open("http", cfg.Listen.HTTP)
+	if cfg.Admin != "" {
+		l.Admin = open("admin", cfg.Admin)
+	}
 	if err != nil {
-		for _, ln := range []net.Listener{l.Control, l.Data, l.HTTP} {
+		for _, ln := range []net.Listener{l.Control, l.Data, l.HTTP, l.Admin} {
 			if ln != nil {
 				ln.Close()
 			}
@@ -167,6 +188,22 @@ func (s *Server) Listen() (*Listeners, error) {
 		return nil, err
 	}
 	return &l, nil
+}
+
+// limit wraps a listener with the configured connection caps and keeps it
+// for Apply and for metrics.
+func (s *Server) limit(name string, ln net.Listener) net.Listener {
+	lim := s.cfg.Load().Limits
+	cl := connlimit.New(ln, connlimit.Limits{Total: lim.Connections, PerSource: lim.PerSource})
+	log := s.log.With("listener", name)
+	cl.OnRefuse = func(r connlimit.Refusal) {
+		log.Warn("connections refused over limits", "refused", r.Count, "top_source", r.TopSource,
+			"from_top_source", r.TopCount, "open", r.Total, "connections", s.cfg.Load().Limits.Connections, "per_source", s.cfg.Load().Limits.PerSource)
+	}
+	s.mu.Lock()
+	s.limited[name] = cl
+	s.mu.Unlock()
+	return cl
 }
 
 // Run listens and serves until ctx is done, then shuts down gracefully.
@@ -182,16 +219,16 @@ func (s *Server) Run(ctx context.Context) error {
 // accepting, closes control channels, lets live streams finish for the grace
 // period and closes what remains.
 func (s *Server) Serve(ctx context.Context, l *Listeners) error {
-	control, data := l.Control, l.Data
+	control, data, httpLn := s.limit("control", l.Control), s.limit("data", l.Data), s.limit("http", l.HTTP)
 	if s.tls != nil {
-		control, data = tls.NewListener(control, s.tls), tls.NewListener(data, s.tls)
+		control, data, httpLn = tls.NewListener(control, s.tls), tls.NewListener(data, s.tls), tls.NewListener(httpLn, s.tls)
 	}
 	s.log.Info("relay listening", "control", l.Control.Addr().String(), "data", l.Data.Addr().String(),
 		"http", l.HTTP.Addr().String(), "namespace", s.cfg.Load().Namespace, "tls", s.tls != nil)
 
 	mux := http.NewServeMux()
 	if s.admin != nil {
-		s.admin.Mount(mux)
+		s.admin.MountGuarded(mux, func() string { return s.cfg.Load().AdminToken })
 	} else {
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
@@ -199,10 +236,17 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 		})
 	}
 	mux.Handle("/$hc/", s.ws)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: HandshakeTimeout, ErrorLog: s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+	// Timeouts: a request's head must arrive within HandshakeTimeout, a
+	// whole request within httpReadTimeout, and an idle keep-alive
+	// connection is closed after httpIdleTimeout, so slow or silent clients
+	// cannot hold connections (upgraded WebSockets are hijacked: these no
+	// longer apply to them).
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: HandshakeTimeout, ReadTimeout: httpReadTimeout,
+		IdleTimeout: httpIdleTimeout, MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog: s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	run := func(f func() error) {
 		wg.Add(1)
 		go func() {
@@ -212,19 +256,18 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 			}
 		}()
 	}
+	adminCtx, stopAdmin := context.WithCancel(context.Background())
+	defer stopAdmin()
+	if l.Admin != nil && s.admin != nil {
+		run(func() error { return admin.ServeListener(adminCtx, l.Admin, s.admin.Handler(), s.log.Named("admin")) })
+	}
 	run(func() error { return s.door.serve(ctx, control, s.door.serveControl) })
 	run(func() error { return s.door.serve(ctx, data, s.door.serveData) })
 	run(func() error {
-		var err error
-		if s.tls != nil {
-			err = hs.Serve(tls.NewListener(l.HTTP, s.tls))
-		} else {
-			err = hs.Serve(l.HTTP)
+		if err := hs.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
 		}
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return err
+		return nil
 	})
 	expiryCtx, stopExpiry := context.WithCancel(ctx)
 	go s.core.RunExpiry(expiryCtx)
@@ -248,6 +291,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	hs.Shutdown(gctx)
 	s.core.Shutdown(gctx)
 	s.door.closeAll()
+	stopAdmin()
 	wg.Wait()
 	s.log.Info("relay stopped")
 	return runErr

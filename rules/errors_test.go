@@ -203,7 +203,7 @@ agent:
 				`hybrid.yaml:12: agent.connections[1].name: invalid name "../x": "." and ".." segments are not allowed`,
 				`hybrid.yaml:12: agent.connections[1].endpoint: invalid endpoint "127.1:80": not a canonical IPv4 address nor a host name`,
 				`hybrid.yaml:12: agent.connections[1].key: key too short: 5 characters, want at least 16 (hybrid keys new makes one)`,
-				`hybrid.yaml:13: agent.connections[2].name: invalid name "` + strings.Repeat("x", 129) + `": longer than 128 characters`,
+				`hybrid.yaml:13: agent.connections[2].name: invalid name "` + strings.Repeat("x", 32) + `"… (129 bytes): longer than 128 characters`,
 				`hybrid.yaml:13: agent.connections[2].endpoint: invalid endpoint "db:0": port must be 1-65535 without leading zeros`,
 			},
 		},

@@ -104,6 +104,8 @@ func TestParseDesignExample(t *testing.T) {
 					{Name: "onprem", Rights: []string{"listen"}, Primary: keyOnprem},
 				},
 			}},
+			Limits:        defaultLimits,
+			RotationGrace: DefaultRotationGrace,
 		},
 		Agent: &Agent{
 			Relays: []RelayEndpoint{
@@ -116,6 +118,7 @@ func TestParseDesignExample(t *testing.T) {
 			Connections: []AgentConnection{
 				{Name: "postgres", Endpoint: "127.0.0.1:5432", KeyName: "onprem", Key: keyOnprem},
 			},
+			MaxStreams: DefaultAgentMaxStreams,
 		},
 		Proxy: &Proxy{
 			Relays:    []RelayEndpoint{{Host: "127.0.0.1", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "127.0.0.1"}},
@@ -185,13 +188,16 @@ proxy:
 		File: "hybrid.yaml",
 		Log:  Log{Level: "info", Format: "text"},
 		Relay: &Relay{
-			Namespace: "127.0.0.1",
-			Listen:    RelayListen{Control: "127.0.0.1:5671", Data: "127.0.0.1:9352", HTTP: "127.0.0.1:8080"},
-			Keys:      []Key{{Name: "root", Rights: []string{"manage"}, Primary: keySixteen}},
+			Namespace:     "127.0.0.1",
+			Listen:        RelayListen{Control: "127.0.0.1:5671", Data: "127.0.0.1:9352", HTTP: "127.0.0.1:8080"},
+			Keys:          []Key{{Name: "root", Rights: []string{"manage"}, Primary: keySixteen}},
+			Limits:        defaultLimits,
+			RotationGrace: DefaultRotationGrace,
 		},
 		Agent: &Agent{
-			Relays:    []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
-			Transport: "auto",
+			Relays:     []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
+			Transport:  "auto",
+			MaxStreams: DefaultAgentMaxStreams,
 		},
 		Proxy: &Proxy{
 			Relays:    []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
@@ -671,5 +677,48 @@ agent:
 	}
 	if _, err := ParseSections("hybrid.yaml", []byte("relay: [\n"), "relay"); err == nil {
 		t.Fatal("a syntax error was ignored")
+	}
+}
+
+var defaultLimits = RelayLimits{Connections: DefaultLimitConnections, PerSource: DefaultLimitPerSource,
+	Pending: DefaultLimitPending, PendingPerKey: DefaultLimitPendingPerKey}
+
+// TestSecurityWarnings: valid but risky settings are warnings `hybrid check`
+// prints (not errors): an open SOCKS port, plaintext towards a remote relay,
+// an admin listener off loopback.
+func TestSecurityWarnings(t *testing.T) {
+	k := "0123456789abcdef0123"
+	tests := []struct{ name, src, want string }{
+		{"socks off loopback without auth",
+			"proxy:\n  relay: 127.0.0.1\n  socks: 0.0.0.0:1080\n  connections: [{name: pg, endpoint: \"db:5432\", key_name: k, key: " + k + "}]\n",
+			"hybrid.yaml:3: proxy.socks: \"0.0.0.0:1080\" is not a loopback address and socks_auth is not set"},
+		{"plaintext towards a remote relay",
+			"agent:\n  relays:\n    - {host: relay.example.com, tls: false}\n  connections: []\n",
+			"hybrid.yaml:3: agent.relays[0].tls: false towards \"relay.example.com\", which is not a loopback host"},
+		{"relay admin listener off loopback",
+			"relay:\n  admin: 0.0.0.0:9100\n  keys: [{name: k, rights: [manage], primary: " + k + "}]\n",
+			"hybrid.yaml:2: relay.admin: \"0.0.0.0:9100\" is not a loopback address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("hybrid.yaml", []byte(tt.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Warnings) != 1 || !strings.HasPrefix(c.Warnings[0].Error(), tt.want) {
+				t.Fatalf("warnings %v, want one starting %q", c.Warnings, tt.want)
+			}
+		})
+	}
+	// The safe forms warn about nothing.
+	for _, src := range []string{
+		"proxy:\n  relay: 127.0.0.1\n  socks: 127.0.0.1:1080\n  connections: [{name: pg, endpoint: \"db:5432\", key_name: k, key: " + k + "}]\n",
+		"proxy:\n  relay: 127.0.0.1\n  socks: 0.0.0.0:1080\n  socks_auth: {username: u, password: " + k + "}\n  connections: [{name: pg, endpoint: \"db:5432\", key_name: k, key: " + k + "}]\n",
+		"agent:\n  relays: [{host: 127.0.0.1, tls: false}, relay.example.com]\n  connections: []\n",
+	} {
+		c, err := Parse("hybrid.yaml", []byte(src))
+		if err != nil || len(c.Warnings) != 0 {
+			t.Fatalf("%s: err %v warnings %v", src, err, c.Warnings)
+		}
 	}
 }

@@ -19,6 +19,7 @@ package rules
 
 import (
 	"net/netip"
+	"time"
 	"slices"
 	"strings"
 
@@ -48,6 +49,26 @@ const (
 
 	DefaultHostsFile  = "/etc/hosts"    // proxy.hosts.file
 	DefaultHostsRange = "127.77.0.0/16" // proxy.hosts.range
+
+	// DefaultLimitConnections caps the connections a relay holds open on
+	// each of its listeners (relay.limits.connections).
+	DefaultLimitConnections = 20000
+	// DefaultLimitPerSource caps the connections one source address holds
+	// on each relay listener (relay.limits.per_source).
+	DefaultLimitPerSource = 2000
+	// DefaultLimitPending caps the streams of one hybrid connection that
+	// wait for their agent (relay.limits.pending).
+	DefaultLimitPending = 1024
+	// DefaultLimitPendingPerKey caps the waiting streams one sender key may
+	// hold on a hybrid connection (relay.limits.pending_per_key).
+	DefaultLimitPendingPerKey = 256
+	// DefaultRotationGrace is how long a stream authenticated with a
+	// rotated (replaced, not revoked) key value lives on unless its client
+	// proves the new value (relay.rotation_grace).
+	DefaultRotationGrace = 24 * time.Hour
+	// DefaultAgentMaxStreams caps an agent's streams: dials in flight plus
+	// live streams (agent.max_streams).
+	DefaultAgentMaxStreams = 1024
 )
 
 // Transports: the values of agent.transport and proxy.transport.
@@ -130,6 +151,43 @@ type Relay struct {
 	// Connections are the hybrid connections the relay serves. May be empty
 	// when Keys is not.
 	Connections []RelayConnection
+	// Limits bound what any party can make the relay hold.
+	Limits RelayLimits
+	// Admin is the listen address of a separate status/metrics listener
+	// (canonical host:port); "" means none. /status and /metrics are then
+	// served there to anyone who can reach it (bind it to loopback or a
+	// private network).
+	Admin string
+	// AdminToken (yaml: admin_token, ${ENV} or admin_token_file) lets a
+	// request carrying "Authorization: Bearer <token>" read /status and
+	// /metrics on the public http listener; "" means only requests from
+	// loopback may.
+	AdminToken string
+	// RotationGrace is how long a stream or attachment authenticated with
+	// a key value that was replaced (rotated) lives on unless its client
+	// proves the rule's current value; DefaultRotationGrace when absent.
+	// A value removed from a rule with revoke: true, or a rule removed,
+	// ends its streams at once instead.
+	RotationGrace time.Duration
+}
+
+// RelayLimits bound the work one party can make the relay do (yaml: limits).
+// Every field is positive; absent ones take their defaults.
+type RelayLimits struct {
+	// Connections caps the connections held open on each listener
+	// (control, data, http). Default DefaultLimitConnections.
+	Connections int
+	// PerSource caps the connections one source IP holds on each
+	// listener (yaml: per_source). Default DefaultLimitPerSource. Behind a
+	// load balancer or NAT every client shares one source: raise it there.
+	PerSource int
+	// Pending caps the streams of one hybrid connection waiting for an
+	// agent; beyond it opens are answered busy. Default DefaultLimitPending.
+	Pending int
+	// PendingPerKey caps the waiting streams of one sender key on one
+	// hybrid connection (yaml: pending_per_key). Default
+	// DefaultLimitPendingPerKey.
+	PendingPerKey int
 }
 
 // RelayListen holds the relay's listen addresses, each canonical host:port
@@ -170,6 +228,11 @@ type Key struct {
 	// Secondary is the secondary value (yaml: secondary, ${ENV} or
 	// secondary_file); "" when absent, otherwise at least 16 characters.
 	Secondary string
+	// Revoke (yaml: revoke) makes values removed from this rule by a reload
+	// a revocation: every stream and attachment they authenticated ends at
+	// once. Without it a replaced value is a rotation (see
+	// Relay.RotationGrace).
+	Revoke bool
 }
 
 // Allows reports whether k grants right: RightManage grants RightListen and
@@ -250,6 +313,10 @@ type Agent struct {
 	ProxyURL string
 	// Connections are the hybrid connections this agent serves.
 	Connections []AgentConnection
+	// MaxStreams caps the agent's streams, dials in flight plus live ones
+	// (yaml: max_streams); beyond it new streams are refused busy at once.
+	// Default DefaultAgentMaxStreams.
+	MaxStreams int
 }
 
 // AgentConnection is a hybrid connection published by the agent.
@@ -265,6 +332,9 @@ type AgentConnection struct {
 	// Key is the key value (yaml: key, ${ENV} or key_file). Required, at
 	// least 16 characters.
 	Key string
+	// MaxStreams caps this connection's streams (yaml: max_streams); 0
+	// means only the agent's cap applies.
+	MaxStreams int
 }
 
 // Proxy is the proxy section.

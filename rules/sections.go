@@ -93,6 +93,7 @@ func (d *decoder) finishLog(l *Log, levelEnv, formatEnv string) {
 // the namespace default, the TLS requirement, and that some key exists.
 func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 	r := &Relay{}
+	rawAdmin := map[string]string{}
 	var listen []listenAddr
 	listenField := func(dst *string) func(string, *yaml.Node) {
 		return func(p string, v *yaml.Node) {
@@ -115,9 +116,25 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 		"insecure":    func(p string, v *yaml.Node) { r.Insecure, _ = d.boolean(p, v) },
 		"keys":        func(p string, v *yaml.Node) { r.Keys = d.keys(p, v) },
 		"connections": func(p string, v *yaml.Node) { r.Connections = d.relayConnections(p, v) },
+		"limits":      func(p string, v *yaml.Node) { r.Limits = d.relayLimits(p, v) },
+		"admin":       listenField(&r.Admin),
+		"admin_token": func(p string, v *yaml.Node) { rawAdmin["admin_token"], _ = d.str(p, v) },
+		"admin_token_file": func(p string, v *yaml.Node) {
+			rawAdmin["admin_token_file"], _ = d.str(p, v)
+		},
+		"rotation_grace": func(p string, v *yaml.Node) { r.RotationGrace, _ = d.duration(p, v, 0) },
 	})
 	if !ok {
 		return r
+	}
+	if !seen["limits"] {
+		r.Limits = d.relayLimits(path+".limits", nil)
+	}
+	if !seen["rotation_grace"] {
+		r.RotationGrace = DefaultRotationGrace
+	}
+	if seen["admin_token"] || seen["admin_token_file"] {
+		r.AdminToken = d.secret(path, "admin_token", seen, rawAdmin, false)
 	}
 	// Defaults for the listen addresses left out.
 	for _, f := range []struct {
@@ -151,7 +168,7 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 
 	if r.TLS == nil && !seen["tls"] && !r.Insecure {
 		for _, a := range sortByLine(d, listen) {
-			if !a.loopback() {
+			if !a.loopback() && a.field != path+".admin" {
 				d.errorf(d.line(a.field), path+".tls",
 					"required because %s %q is not a loopback address: add tls: {cert: FILE, key: FILE}, or set insecure: true to serve plain TCP anyway",
 					a.name(), a.text)
@@ -160,6 +177,11 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 		}
 	}
 
+	for _, a := range listen {
+		if a.field == path+".admin" && !a.loopback() {
+			d.fieldWarn(a.field, "%q is not a loopback address: anyone who can reach it reads /status and /metrics (agent addresses, connection names)", a.text)
+		}
+	}
 	if len(r.Connections) == 0 && len(r.Keys) == 0 && !d.bad(path+".keys") && !d.bad(path+".connections") {
 		d.errorf(d.line(path), path, "no connections and no namespace keys: add connections, or keys covering every connection")
 	}
@@ -172,6 +194,36 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 		}
 	}
 	return r
+}
+
+// relayLimits decodes relay.limits (n nil: all defaults).
+func (d *decoder) relayLimits(path string, n *yaml.Node) RelayLimits {
+	l := RelayLimits{Connections: DefaultLimitConnections, PerSource: DefaultLimitPerSource,
+		Pending: DefaultLimitPending, PendingPerKey: DefaultLimitPendingPerKey}
+	if n == nil {
+		return l
+	}
+	positive := func(dst *int) func(string, *yaml.Node) {
+		return func(p string, v *yaml.Node) {
+			if x, ok := d.integer(p, v); ok {
+				if x < 1 {
+					d.fieldErr(p, "must be at least 1")
+					return
+				}
+				*dst = x
+			}
+		}
+	}
+	d.mapping(path, section(n), fields{
+		"connections":     positive(&l.Connections),
+		"per_source":      positive(&l.PerSource),
+		"pending":         positive(&l.Pending),
+		"pending_per_key": positive(&l.PendingPerKey),
+	})
+	if l.PerSource > l.Connections && !d.badUnder(path) {
+		d.fieldWarn(path+".per_source", "%d is more than connections (%d): one source can take every connection", l.PerSource, l.Connections)
+	}
+	return l
 }
 
 // sortByLine orders listen addresses as they appear in the file, defaults
@@ -241,6 +293,7 @@ func (d *decoder) key(path string, n *yaml.Node) Key {
 		"primary_file":   rawStr("primary_file"),
 		"secondary":      rawStr("secondary"),
 		"secondary_file": rawStr("secondary_file"),
+		"revoke":         func(p string, v *yaml.Node) { k.Revoke, _ = d.boolean(p, v) },
 	})
 	if !ok {
 		return k
@@ -364,6 +417,8 @@ func (d *decoder) relayEndpoint(path string, n *yaml.Node) RelayEndpoint {
 	}
 	if !tlsSet {
 		e.TLS = !isLoopbackHost(e.Host)
+	} else if !e.TLS && e.Host != "" && !isLoopbackHost(e.Host) {
+		d.fieldWarn(path+".tls", "false towards %q, which is not a loopback host: tokens and stream bytes cross the network in clear", e.Host)
 	}
 	if e.Namespace == "" {
 		e.Namespace = e.Host
@@ -458,9 +513,13 @@ func (d *decoder) agent(path string, n *yaml.Node) *Agent {
 		},
 		"proxy_url":   func(p string, v *yaml.Node) { a.ProxyURL, _ = d.proxyURL(p, v) },
 		"connections": func(p string, v *yaml.Node) { a.Connections = d.agentConnections(p, v) },
+		"max_streams": func(p string, v *yaml.Node) { a.MaxStreams, _ = d.positive(p, v) },
 	})
 	if !ok {
 		return a
+	}
+	if a.MaxStreams == 0 {
+		a.MaxStreams = DefaultAgentMaxStreams
 	}
 	d.require(path, seen, "relays")
 	if allow != nil && !d.bad(path+".allow") {
@@ -504,7 +563,8 @@ func (d *decoder) agentConnections(path string, n *yaml.Node) []AgentConnection 
 		raw := map[string]string{}
 		f := fields{
 			"name":     func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
-			"endpoint": func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
+			"endpoint":    func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
+			"max_streams": func(p string, v *yaml.Node) { c.MaxStreams, _ = d.positive(p, v) },
 		}
 		d.connKeyFields(f, &c.KeyName, raw)
 		seen, ok := d.mapping(ip, it, f)
@@ -554,6 +614,11 @@ func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
 	d.require(path, seen, "relay")
 	if seen["socks_auth"] && !seen["socks"] && !seen[mergeKey] {
 		d.fieldErr(path+".socks_auth", "has no effect without socks: add socks (the SOCKS5 listen address) or remove socks_auth")
+	}
+	if x.Socks != "" && len(x.SocksAuth) == 0 {
+		if a, err := parseListen(x.Socks); err == nil && !a.loopback() {
+			d.fieldWarn(path+".socks", "%q is not a loopback address and socks_auth is not set: anyone who reaches it can use every connection of this proxy", x.Socks)
+		}
 	}
 	d.checkListeners(sortByLine(d, listen))
 	if x.Hosts != nil && !d.badUnder(path+".hosts") {

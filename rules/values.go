@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
@@ -391,4 +392,54 @@ func readKeyFile(path string) (string, error) {
 		return "", fmt.Errorf("key file %s is empty", path)
 	}
 	return s, nil
+}
+
+// positive decodes an integer of at least 1.
+func (d *decoder) positive(path string, n *yaml.Node) (int, bool) {
+	x, ok := d.integer(path, n)
+	if !ok {
+		return 0, false
+	}
+	if x < 1 {
+		d.fieldErr(path, "must be at least 1")
+		return 0, false
+	}
+	return x, true
+}
+
+// duration decodes a duration: a Go duration ("90s", "1h30m", "250ms") or
+// a whole number of days ("7d"). It must be at least min; "0" is accepted
+// when min is 0.
+func (d *decoder) duration(path string, n *yaml.Node, min time.Duration) (time.Duration, bool) {
+	s, ok := d.str(path, n)
+	if !ok {
+		return 0, false
+	}
+	v, err := ParseDuration(s)
+	if err != nil {
+		d.fieldErr(path, "%v", err)
+		return 0, false
+	}
+	if v < min {
+		d.fieldErr(path, "%s is shorter than %s", s, min)
+		return 0, false
+	}
+	return v, true
+}
+
+// ParseDuration parses a Go duration ("90s", "1h30m") or a whole number of
+// days ("7d"); negative values are refused.
+func ParseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok && isDecimal(days) && len(days) <= 5 {
+		n, _ := strconv.Atoi(days)
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q: want e.g. 90s, 10m, 1h30m or 7d", s)
+	}
+	if v < 0 {
+		return 0, fmt.Errorf("invalid duration %q: must not be negative", s)
+	}
+	return v, nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 func statusCommand() *cobra.Command {
 	var urls []string
 	var raw bool
+	var token string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Ask running roles what they are doing (agents, connections, streams, reloads)",
@@ -32,7 +34,10 @@ Exit 0 when every endpoint answered, 2 otherwise.`,
 		Example: "  hybrid status --config hybrid.yaml\n  hybrid status --url http://127.0.0.1:9100",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			targets := urls
+			var targets []statusTarget
+			for _, u := range urls {
+				targets = append(targets, statusTarget{url: u, token: token})
+			}
 			if len(targets) == 0 {
 				cfg, err := loadConfig(cmd)
 				if err != nil {
@@ -44,10 +49,10 @@ Exit 0 when every endpoint answered, 2 otherwise.`,
 				}
 			}
 			var failed []error
-			for _, u := range targets {
-				if err := printStatus(cmd.Context(), cmd.OutOrStdout(), u, raw); err != nil {
+			for _, t := range targets {
+				if err := printStatus(cmd.Context(), cmd.OutOrStdout(), t, raw); err != nil {
 					failed = append(failed, err)
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n\n", u, err)
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n\n", t.url, err)
 				}
 			}
 			if len(failed) > 0 {
@@ -58,13 +63,21 @@ Exit 0 when every endpoint answered, 2 otherwise.`,
 	}
 	cmd.Flags().StringSliceVar(&urls, "url", nil, "admin endpoint to ask (repeatable), e.g. http://127.0.0.1:9100")
 	cmd.Flags().BoolVar(&raw, "json", false, "print the raw JSON documents")
+	cmd.Flags().StringVar(&token, "token", os.Getenv("HYBRID_ADMIN_TOKEN"), "bearer token for a relay's public http port (relay.admin_token; default $HYBRID_ADMIN_TOKEN)")
 	return cmd
 }
 
-// statusTargets returns the admin URLs a config names.
-func statusTargets(cfg *rules.Config) []string {
-	var out []string
-	add := func(addr string) {
+// statusTarget is an admin endpoint and the bearer token it wants, if any.
+type statusTarget struct {
+	url, token string
+}
+
+// statusTargets returns the admin URLs a config names: the relay's admin
+// listener, or its http listener with its admin token; the admin
+// listeners of agent and proxy.
+func statusTargets(cfg *rules.Config) []statusTarget {
+	var out []statusTarget
+	add := func(addr, token string) {
 		if addr == "" {
 			return
 		}
@@ -81,30 +94,38 @@ func statusTargets(cfg *rules.Config) []string {
 		}
 		u := scheme + "://" + net.JoinHostPort(host, port)
 		for _, x := range out {
-			if x == u {
+			if x.url == u {
 				return
 			}
 		}
-		out = append(out, u)
+		out = append(out, statusTarget{url: u, token: token})
 	}
 	if cfg.Relay != nil {
-		add(cfg.Relay.Listen.HTTP)
+		if cfg.Relay.Admin != "" {
+			add(cfg.Relay.Admin, "")
+		} else {
+			add(cfg.Relay.Listen.HTTP, cfg.Relay.AdminToken)
+		}
 	}
 	if cfg.Agent != nil {
-		add(cfg.Agent.Admin)
+		add(cfg.Agent.Admin, "")
 	}
 	if cfg.Proxy != nil {
-		add(cfg.Proxy.Admin)
+		add(cfg.Proxy.Admin, "")
 	}
 	return out
 }
 
-func printStatus(ctx context.Context, w io.Writer, base string, raw bool) error {
+func printStatus(ctx context.Context, w io.Writer, t statusTarget, raw bool) error {
+	base := t.url
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimSuffix(base, "/")+"/status", nil)
 	if err != nil {
 		return err
+	}
+	if t.token != "" {
+		req.Header.Set("Authorization", "Bearer "+t.token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -5,12 +5,15 @@ package admin
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -97,12 +100,60 @@ func (a *Admin) Mount(mux *http.ServeMux) {
 	})
 }
 
+// MountGuarded adds the admin paths to mux for a listener the public can
+// reach: /healthz is open (it says nothing but "ok"), everything else is
+// served only to requests that Allowed accepts.
+func (a *Admin) MountGuarded(mux *http.ServeMux, token func() string) {
+	inner := http.NewServeMux()
+	a.Mount(inner)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { inner.ServeHTTP(w, r) })
+	guarded := func(w http.ResponseWriter, r *http.Request) {
+		if !Allowed(r, token()) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hybrid admin"`)
+			http.Error(w, "status and metrics need Authorization: Bearer <relay.admin_token>, a request from loopback, or the relay.admin listener", http.StatusUnauthorized)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}
+	for _, p := range []string{"GET /metrics", "GET /status"} {
+		mux.HandleFunc(p, guarded)
+	}
+}
+
+// Allowed reports whether r may read status and metrics on a public
+// listener: it carries "Authorization: Bearer <token>" with the configured
+// token, or it comes straight from loopback (no proxy in between: a
+// request with Forwarded or X-Forwarded-For came through one, and its
+// loopback address says nothing about who sent it).
+func Allowed(r *http.Request, token string) bool {
+	if token != "" {
+		if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok &&
+			subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
+			return true
+		}
+	}
+	if r.Header.Get("Forwarded") != "" || r.Header.Get("X-Forwarded-For") != "" {
+		return false
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
 // Serve listens on addr and serves h until ctx is done.
 func Serve(ctx context.Context, addr string, h http.Handler, log hclog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	return ServeListener(ctx, ln, h, log)
+}
+
+// ServeListener serves h on ln until ctx is done.
+func ServeListener(ctx context.Context, ln net.Listener, h http.Handler, log hclog.Logger) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 	log.Info("admin endpoint listening", "addr", ln.Addr().String(), "paths", "/metrics /status /healthz")

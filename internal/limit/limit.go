@@ -1,6 +1,12 @@
 // Package limit counts authentication failures per source address, so that
 // a misconfigured or hostile client cannot burn CPU and flood the log. The
 // relay uses it for tokens, the proxy for SOCKS passwords.
+//
+// It never refuses a valid credential: callers always verify what they are
+// given and accept what is correct, whatever others at the same address
+// (behind a NAT, a corporate proxy, a load balancer, or 127.0.0.1 on the
+// proxy's SOCKS port) did before. Only failures are affected: past the
+// budget their answers are slowed down, and their log lines are summed.
 package limit
 
 import (
@@ -12,13 +18,29 @@ import (
 )
 
 // Failure limits per source address. Keys are 256-bit, so this is not about
-// guessing them: a well-configured client never fails, so the limit can be
-// tight without harming anyone.
+// guessing them: it bounds how fast one source can make the relay verify
+// and log wrong credentials.
 const (
-	Burst       = 30              // failures allowed in a row
+	Burst       = 30              // failures answered at once
 	Rate        = rate.Limit(5)   // failures per second refilled
 	limiterIdle = 5 * time.Minute // forget an address after this long
+	// Window is how often a source's failures are logged: the first of a
+	// window is logged, the rest are counted into the next line.
+	Window = 10 * time.Second
+	// Delay is how long a failure over the budget waits for its answer.
+	Delay = time.Second
 )
+
+// Verdict says how to answer and log one failure.
+type Verdict struct {
+	// Over is true when the source is over its failure budget: delay the
+	// answer (Delay) before refusing.
+	Over bool
+	// Log is true for the first failure of a window; Suppressed then holds
+	// how many failures of the source's previous window were not logged.
+	Log        bool
+	Suppressed int64
+}
 
 // Failures counts authentication failures per source IP. The zero value is
 // not usable: use NewFailures.
@@ -29,8 +51,10 @@ type Failures struct {
 }
 
 type limiterEntry struct {
-	lim  *rate.Limiter
-	seen time.Time
+	lim         *rate.Limiter
+	seen        time.Time
+	windowStart time.Time
+	unlogged    int64 // failures of the current window not logged
 }
 
 // NewFailures returns an empty counter.
@@ -44,16 +68,8 @@ func HostOf(remote string) string {
 	return remote
 }
 
-// Blocked reports whether remote has failed too often to be heard now.
-func (f *Failures) Blocked(remote string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	e := f.addrs[HostOf(remote)]
-	return e != nil && e.lim.Tokens() < 1
-}
-
-// Fail records a failure by remote.
-func (f *Failures) Fail(remote string) {
+// Fail records a failure by remote and says how to answer and log it.
+func (f *Failures) Fail(remote string) Verdict {
 	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -64,13 +80,20 @@ func (f *Failures) Fail(remote string) {
 		f.addrs[h] = e
 	}
 	e.seen = now
-	e.lim.AllowN(now, 1)
+	v := Verdict{Over: !e.lim.AllowN(now, 1)}
+	if now.Sub(e.windowStart) >= Window {
+		v.Log, v.Suppressed = true, e.unlogged
+		e.windowStart, e.unlogged = now, 0
+	} else {
+		e.unlogged++
+	}
 	if now.Sub(f.last) > time.Minute { // bound the map: drop quiet addresses
 		f.last = now
-		for k, v := range f.addrs {
-			if now.Sub(v.seen) > limiterIdle {
+		for k, x := range f.addrs {
+			if now.Sub(x.seen) > limiterIdle {
 				delete(f.addrs, k)
 			}
 		}
 	}
+	return v
 }
