@@ -42,8 +42,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/hybridconn/hybrid/internal/endpoint"
-	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/limit"
+	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/rules"
 )
 

@@ -19,9 +19,9 @@ package rules
 
 import (
 	"net/netip"
-	"time"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hybridconn/hybrid/internal/endpoint"
 	"github.com/hybridconn/hybrid/internal/relayclient"

@@ -562,7 +562,7 @@ func (d *decoder) agentConnections(path string, n *yaml.Node) []AgentConnection 
 		var c AgentConnection
 		raw := map[string]string{}
 		f := fields{
-			"name":     func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
+			"name":        func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
 			"endpoint":    func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
 			"max_streams": func(p string, v *yaml.Node) { c.MaxStreams, _ = d.positive(p, v) },
 		}
