@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,20 +24,33 @@ import (
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/stream"
+	"github.com/hybridconn/hybrid/internal/wire"
 	"github.com/hybridconn/hybrid/rules"
 )
 
 // Defaults of the agent.
 const (
-	// DialTimeout bounds the dial to a published resource; the relay waits
-	// 20 s for the join, so a filtered port fails cleanly before that.
+	// DialTimeout bounds the dial to a published resource. The relay waits
+	// for it once the agent acknowledged the stream.
 	DialTimeout = 10 * time.Second
+	// ackAfter is how long a dial may take before the agent tells the
+	// relay it is alive and still dialling (so the relay waits rather than
+	// offering the stream to another agent). Fast dials need no ACK.
+	ackAfter = 100 * time.Millisecond
 	// TokenTTL is the lifetime of the listen tokens the agent mints; they are
 	// renewed at three quarters of it.
 	TokenTTL = time.Hour
 	// DefaultGrace is how long live streams may go on after a stop is asked for.
 	DefaultGrace = 10 * time.Second
-	maxBackoff   = 30 * time.Second
+	// Reconnection: a relay that cannot be reached is tried again every
+	// downRetry (with jitter), whatever the length of the outage, so the
+	// agent is back within about that much of the relay coming back. Only a
+	// relay that answers and refuses backs off, up to maxBackoff.
+	downRetry  = time.Second
+	maxBackoff = 30 * time.Second
+	// autoReprobe is how often an agent on the WebSocket fallback of
+	// transport: auto checks whether the native protocol works again.
+	autoReprobe = 30 * time.Second
 )
 
 // Agent runs an agent section. Its configuration can be replaced while it
@@ -46,7 +58,6 @@ const (
 // configuration no longer permits are cut.
 type Agent struct {
 	log    hclog.Logger
-	name   string
 	dialer net.Dialer
 	// Grace is how long live streams may go on after ctx is done; zero means DefaultGrace.
 	Grace time.Duration
@@ -57,17 +68,20 @@ type Agent struct {
 	mu      sync.Mutex
 	runCtx  context.Context    // set by Run; nil before
 	relays  map[string]*runner // by relayKey
-	changed chan struct{}      // closed and replaced by every Apply
+	changed chan struct{}      // closed and replaced by every Apply and health change
 	streams map[*liveStream]struct{}
-	wg      sync.WaitGroup // serve goroutines
+	slots   map[string]int // streams (dialling or live) by connection
+	total   int            // streams (dialling or live) in all
+	health  map[string]*endpointHealth
+	wg      sync.WaitGroup // stream and session goroutines
 
-	opened, denied, unreachable, revoked atomic.Int64
+	opened, denied, unreachable, revoked, busy atomic.Int64
 	// rogue counts accept notices dropped because they named an address
 	// off the relay.
 	rogue atomic.Int64
 }
 
-// runner is the goroutine keeping one relay's control channel.
+// runner keeps one relay's control channel.
 type runner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -75,6 +89,8 @@ type runner struct {
 
 	mu        sync.Mutex
 	connected bool
+	transport string
+	parked    int
 	listening []string
 	lastError string
 	warnedFor map[string]bool // connections already logged as outside allow
@@ -92,10 +108,11 @@ func (r *runner) warned(name string) bool {
 	return w
 }
 
-func (r *runner) set(connected bool, attached map[string]rules.AgentConnection, err error) {
+func (r *runner) set(connected bool, transport string, attached map[string]rules.AgentConnection, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.connected = connected
+	r.transport = transport
 	r.listening = r.listening[:0]
 	for name := range attached {
 		r.listening = append(r.listening, name)
@@ -106,6 +123,12 @@ func (r *runner) set(connected bool, attached map[string]rules.AgentConnection, 
 	case connected:
 		r.lastError = ""
 	}
+}
+
+func (r *runner) addParked(n int) {
+	r.mu.Lock()
+	r.parked += n
+	r.mu.Unlock()
 }
 
 // liveStream is a stream being copied, as Apply needs to judge it.
@@ -120,8 +143,8 @@ type liveStream struct {
 // New prepares an agent; it opens the audit log but does not dial yet.
 func New(cfg *rules.Agent, log hclog.Logger) (*Agent, error) {
 	a := &Agent{log: log, dialer: net.Dialer{Timeout: DialTimeout},
-		relays: map[string]*runner{}, changed: make(chan struct{}), streams: map[*liveStream]struct{}{}}
-	a.name, _ = os.Hostname()
+		relays: map[string]*runner{}, changed: make(chan struct{}), streams: map[*liveStream]struct{}{},
+		slots: map[string]int{}, health: map[string]*endpointHealth{}}
 	if cfg.Audit != "" {
 		au, err := OpenAudit(cfg.Audit)
 		if err != nil {
@@ -143,6 +166,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.runCtx = ctx
 	a.syncRelaysLocked(a.cfg.Load())
+	a.syncHealthLocked(a.cfg.Load())
 	a.mu.Unlock()
 	<-ctx.Done()
 	a.mu.Lock()
@@ -193,9 +217,9 @@ func (a *Agent) Apply(cfg *rules.Agent) error {
 	a.mu.Lock()
 	if a.runCtx != nil {
 		a.syncRelaysLocked(cfg)
+		a.syncHealthLocked(cfg)
 	}
-	close(a.changed)
-	a.changed = make(chan struct{})
+	a.notifyLocked()
 	var cut []*liveStream
 	for s := range a.streams {
 		if ep, err := Authorize(cfg, s.hc, s.target); err != nil || ep != s.endpoint {
@@ -217,6 +241,12 @@ func (a *Agent) Apply(cfg *rules.Agent) error {
 		s.conn.Close()
 	}
 	return nil
+}
+
+// notifyLocked wakes every session loop (a new config, a health change).
+func (a *Agent) notifyLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
 }
 
 // syncRelaysLocked starts a runner for every relay in cfg and stops the
@@ -254,28 +284,71 @@ func (a *Agent) changes() <-chan struct{} {
 	return a.changed
 }
 
-// runRelay keeps one control channel up, reconnecting with jittered backoff.
+// errGoAway ends a session whose relay said it is going away: the next one
+// starts at once.
+var errGoAway = errors.New("relay is going away")
+
+// errBackToNative ends a WebSocket session of transport auto when the
+// native protocol works again.
+var errBackToNative = errors.New("the native protocol answers again; moving back from websocket")
+
+// runRelay keeps one control channel up. A relay that cannot be reached is
+// tried every downRetry; one that answers and refuses backs off; a relay
+// going away is replaced at once, the old channel serving until it closes.
 func (a *Agent) runRelay(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint, r *runner) {
 	log := a.log.With("relay", c.String())
-	backoff := time.Second
+	backoff := downRetry
+	var wg sync.WaitGroup // sessions replaced after a GOAWAY, still serving
+	defer wg.Wait()
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx, c, ep, r, log)
-		r.set(false, nil, err)
+		replaced := make(chan struct{})
+		res := make(chan error, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res <- a.session(ctx, c, ep, r, log, replaced)
+		}()
+		var err error
+		select {
+		case err = <-res:
+		case <-replaced:
+			log.Info("relay is going away; connecting a new control channel", "transport", c.Transport())
+			backoff = downRetry
+			continue // the old one serves on until the relay closes it
+		}
+		r.set(false, c.Transport(), nil, err)
 		if ctx.Err() != nil {
 			return
 		}
-		if time.Since(start) > time.Minute {
-			backoff = time.Second
+		var wait time.Duration
+		var se *status.Error
+		switch {
+		case errors.Is(err, errBackToNative):
+			log.Info(err.Error())
+			continue
+		case errors.As(err, &se) && se.Code == status.ShuttingDown:
+			// A relay handing over to its successor: try again at once.
+			wait = 50*time.Millisecond + rand.N(100*time.Millisecond)
+		case errors.As(err, &se) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrBadPreface):
+			// The relay answered and refused: back off.
+			if time.Since(start) > time.Minute {
+				backoff = downRetry
+			}
+			wait = backoff/2 + rand.N(backoff/2+1)
+			backoff = min(backoff*2, maxBackoff)
+		default:
+			// Unreachable, or the channel broke: the relay may be back any
+			// moment, so look again soon, with jitter against a stampede.
+			backoff = downRetry
+			wait = downRetry/2 + rand.N(downRetry)
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
 		log.Warn("no control channel to the relay; retrying", "error", err, "in", wait.Round(time.Millisecond))
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
 			return
 		}
-		backoff = min(backoff*2, maxBackoff)
 	}
 }
 
@@ -287,18 +360,25 @@ func token(ep rules.RelayEndpoint, c rules.AgentConnection) string {
 // waits before the agent tries again with a fresh token.
 const retryAttach = 10 * time.Second
 
-// session runs one control channel until it ends.
-func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint, r *runner, log hclog.Logger) error {
-	ctl, err := c.Listen(ctx, a.name, buildinfo.Version)
+// session runs one control channel until it ends. On GOAWAY it closes
+// replaced (so the runner starts the next channel) and serves on.
+func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.RelayEndpoint, r *runner, log hclog.Logger, replaced chan struct{}) error {
+	cfg := a.cfg.Load()
+	ctl, err := c.Listen(ctx, cfg.ID, buildinfo.Version)
 	if err != nil {
 		return err
 	}
 	defer ctl.Close()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
 	attached := map[string]rules.AgentConnection{} // what the relay has, with the key used
+	var attachedMu sync.Mutex                      // attached is read by the pool's streams
+	reported := map[string]bool{}                  // health as last told to the relay
 	retry := time.NewTimer(retryAttach)
 	defer retry.Stop()
 	// sync attaches what the configuration has and the relay lacks (or has
-	// with another key), and detaches the rest.
+	// with another key), detaches the rest, and tells the relay about
+	// endpoints whose health changed.
 	sync := func() error {
 		cfg := a.cfg.Load()
 		want := map[string]bool{}
@@ -313,7 +393,9 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 			}
 			want[conn.Name] = true
 			if have, ok := attached[conn.Name]; ok && have.KeyName == conn.KeyName && have.Key == conn.Key {
+				attachedMu.Lock()
 				attached[conn.Name] = conn
+				attachedMu.Unlock()
 				continue
 			}
 			if err := ctl.Attach(ctx, conn.Name, token(ep, conn)); err != nil {
@@ -321,31 +403,68 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 					return err
 				}
 				log.Error("relay refused to let us listen", "hc", conn.Name, "key_name", conn.KeyName, "error", err, "retry_in", retryAttach)
+				attachedMu.Lock()
 				delete(attached, conn.Name)
+				attachedMu.Unlock()
 				failed = true
 				continue
 			}
+			attachedMu.Lock()
 			attached[conn.Name] = conn
-			log.Info("listening", "hc", conn.Name, "endpoint", conn.Endpoint)
+			attachedMu.Unlock()
+			delete(reported, conn.Name) // a new attachment starts healthy at the relay
+			log.Info("listening", "hc", conn.Name, "endpoint", conn.Endpoint, "transport", ctl.Transport())
 		}
 		for name := range attached {
 			if !want[name] {
 				ctl.Detach(name)
+				attachedMu.Lock()
 				delete(attached, name)
+				attachedMu.Unlock()
 				log.Info("stopped listening", "hc", name)
+			}
+		}
+		for name := range attached {
+			healthy, why := a.healthOf(name)
+			if was, ok := reported[name]; (ok && was != healthy) || (!ok && !healthy) {
+				code := status.OK
+				if !healthy {
+					code = status.Unreachable
+				}
+				ctl.Health(name, code, why)
+				reported[name] = healthy
 			}
 		}
 		if failed {
 			retry.Reset(retryAttach)
 		}
-		r.set(true, attached, nil)
+		r.set(true, ctl.Transport(), attached, nil)
 		return nil
 	}
 	if err := sync(); err != nil {
 		return err
 	}
+	lookup := func(hc string) (rules.AgentConnection, bool) {
+		attachedMu.Lock()
+		defer attachedMu.Unlock()
+		conn, ok := attached[hc]
+		return conn, ok
+	}
+	pool := newPool(a, ctl, ep, r, c.String(), lookup, log)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		pool.run(sctx)
+	}()
 	renew := time.NewTicker(TokenTTL * 3 / 4)
 	defer renew.Stop()
+	var reprobe <-chan time.Time
+	rp, canReprobe := c.(relayclient.Reprober)
+	if canReprobe && ctl.Transport() == relayclient.TransportWebSocket {
+		t := time.NewTicker(autoReprobe)
+		defer t.Stop()
+		reprobe = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -366,28 +485,38 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 					log.Error("token renewal refused", "hc", name, "error", err)
 				}
 			}
+		case <-reprobe:
+			if rp.NativeBack(ctx) {
+				return errBackToNative // live streams carry on; new ones go native
+			}
 		case ev, ok := <-ctl.Events():
 			if !ok {
 				return ctl.Err()
 			}
-			if d := ev.Dropped; d != nil {
-				a.dropped(c.String(), d, log)
-				continue
-			}
-			if d := ev.Detached; d != nil {
+			switch {
+			case ev.Dropped != nil:
+				a.dropped(c.String(), ev.Dropped, log)
+			case ev.Detached != nil:
+				d := ev.Detached
 				log.Error("relay ended our listening", "hc", d.HC, "error", d.Err, "retry_in", retryAttach)
+				attachedMu.Lock()
 				delete(attached, d.HC)
-				r.set(true, attached, d.Err)
+				attachedMu.Unlock()
+				r.set(true, ctl.Transport(), attached, d.Err)
 				retry.Reset(retryAttach)
-				continue
+			case ev.GoAway != nil:
+				if replaced != nil {
+					close(replaced)
+					replaced = nil
+				}
+			case ev.Accept != nil:
+				// No parked connection was free: the pool is too small
+				// for the load.
+				pool.grow()
+				acc := ev.Accept
+				conn, attachedOK := lookup(acc.HC)
+				a.serveAccept(ctx, &controlOffer{ctl: ctl, acc: acc}, ep, c.String(), acc, conn, attachedOK, log)
 			}
-			acc := ev.Accept
-			conn, ok := attached[acc.HC]
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				a.serve(ctx, ctl, ep, c.String(), acc, conn, ok, log)
-			}()
 		}
 	}
 }
@@ -442,44 +571,161 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// serve handles one accepted stream: check, dial the resource, join, copy.
-// conn is the connection as attached at the relay (its key joins the stream).
-func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.RelayEndpoint, relay string,
+// offer is how one stream request reached the agent, and how to answer it:
+// on the control channel (then a JOIN), or down a parked connection.
+type offer interface {
+	ack()
+	refuse(code status.Code, msg string)
+	// ready accepts the stream and returns the connection to the relay
+	// that carries it; early holds bytes to write to the resource first.
+	ready(ctx context.Context, token string) (conn net.Conn, early []byte, err error)
+}
+
+type controlOffer struct {
+	ctl relayclient.Control
+	acc *relayclient.Accept
+}
+
+func (o *controlOffer) ack()                                { o.ctl.Ack(o.acc.ID) }
+func (o *controlOffer) refuse(code status.Code, msg string) { o.ctl.Reject(o.acc.ID, code, msg) }
+func (o *controlOffer) ready(ctx context.Context, token string) (net.Conn, []byte, error) {
+	c, err := o.ctl.Join(ctx, o.acc, token)
+	return c, nil, err
+}
+
+type parkedOffer struct {
+	p   *relayclient.Parked
+	acc *relayclient.Accept
+}
+
+func (o *parkedOffer) ack()                                { o.p.Ack(o.acc.ID) }
+func (o *parkedOffer) refuse(code status.Code, msg string) { o.p.Refuse(code, msg) }
+func (o *parkedOffer) ready(context.Context, string) (net.Conn, []byte, error) {
+	c, err := o.p.Ready()
+	return c, o.acc.Early, err
+}
+
+// serveAccept takes a stream request from the control channel: the checks
+// and the cap are decided here, synchronously, so a flood of requests is
+// refused at once instead of queued; the dial and the copy run on a
+// goroutine of their own.
+func (a *Agent) serveAccept(ctx context.Context, o offer, ep rules.RelayEndpoint, relay string,
 	acc *relayclient.Accept, conn rules.AgentConnection, attached bool, log hclog.Logger) {
-	log = log.With("hc", acc.HC, "stream", acc.ID.String(), "sender", acc.SenderAddr, "sender_key", acc.SenderKey)
-	ev := AuditEvent{HC: acc.HC, Stream: acc.ID.String(), Target: acc.Target, SenderKey: acc.SenderKey,
-		SenderAddr: acc.SenderAddr, Relay: relay}
-	audit := a.audit.Load()
+	target, ok := a.admit(o, relay, acc, attached, log)
+	if !ok {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer a.release(acc.HC)
+		a.serve(ctx, o, ep, relay, acc, conn, target, log)
+	}()
+}
+
+// admit checks a stream request and takes a slot for it; false means it
+// was refused (and answered).
+func (a *Agent) admit(o offer, relay string, acc *relayclient.Accept, attached bool, log hclog.Logger) (string, bool) {
+	ev := auditOf(relay, acc)
 	target, serr := Authorize(a.cfg.Load(), acc.HC, acc.Target)
 	if serr == nil && !attached {
 		serr = status.Errorf(status.NotFound, "this agent is not listening for %q on this relay", acc.HC)
 	}
 	if serr != nil {
-		log.Warn("stream denied", "target", acc.Target, "reason", serr.Msg)
+		log.Warn("stream denied", "hc", acc.HC, "stream", acc.ID.String(), "target", acc.Target, "sender", acc.SenderAddr,
+			"sender_key", acc.SenderKey, "reason", serr.Msg)
 		ev.Event, ev.Reason = "deny", serr.Error()
-		audit.Record(ev)
+		a.audit.Load().Record(ev)
 		a.denied.Add(1)
-		ctl.Reject(acc.ID, serr.Code, serr.Msg)
-		return
+		o.refuse(serr.Code, serr.Msg)
+		return "", false
 	}
+	if err := a.acquire(acc.HC); err != nil {
+		a.busy.Add(1)
+		log.Warn("stream refused: agent busy", "hc", acc.HC, "stream", acc.ID.String(), "reason", err.Msg)
+		ev.Event, ev.Reason = "busy", err.Error()
+		a.audit.Load().Record(ev)
+		o.refuse(err.Code, err.Msg)
+		return "", false
+	}
+	return target, true
+}
+
+// acquire takes a stream slot of hc, within agent.max_streams and the
+// connection's max_streams.
+func (a *Agent) acquire(hc string) *status.Error {
+	cfg := a.cfg.Load()
+	perConn := 0
+	for _, c := range cfg.Connections {
+		if c.Name == hc {
+			perConn = c.MaxStreams
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if cfg.MaxStreams > 0 && a.total >= cfg.MaxStreams {
+		return status.Errorf(status.Busy, "agent at max_streams %d", cfg.MaxStreams)
+	}
+	if perConn > 0 && a.slots[hc] >= perConn {
+		return status.Errorf(status.Busy, "connection %q at max_streams %d", hc, perConn)
+	}
+	a.total++
+	a.slots[hc]++
+	return nil
+}
+
+func (a *Agent) release(hc string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.total--
+	if a.slots[hc]--; a.slots[hc] <= 0 {
+		delete(a.slots, hc)
+	}
+}
+
+func auditOf(relay string, acc *relayclient.Accept) AuditEvent {
+	return AuditEvent{HC: acc.HC, Stream: acc.ID.String(), Target: acc.Target, SenderKey: acc.SenderKey,
+		SenderAddr: acc.SenderAddr, Relay: relay}
+}
+
+// serve handles one admitted stream: dial the resource, answer, copy. conn
+// is the connection as attached at the relay (its key joins the stream).
+func (a *Agent) serve(ctx context.Context, o offer, ep rules.RelayEndpoint, relay string,
+	acc *relayclient.Accept, conn rules.AgentConnection, target string, log hclog.Logger) {
+	ev := auditOf(relay, acc)
 	ev.Endpoint = target
+	ack := time.AfterFunc(ackAfter, o.ack) // a slow dial: tell the relay we are on it
 	dctx, cancel := context.WithTimeout(ctx, DialTimeout)
 	res, err := a.dialer.DialContext(dctx, "tcp", target)
 	cancel()
+	ack.Stop()
 	if err != nil {
 		msg := describeDialError(target, err)
-		log.Warn("resource unreachable", "endpoint", target, "error", msg)
+		log.Warn("resource unreachable", "hc", acc.HC, "stream", acc.ID.String(), "endpoint", target, "error", msg)
 		ev.Event, ev.Reason = "unreachable", msg
-		audit.Record(ev)
+		a.audit.Load().Record(ev)
 		a.unreachable.Add(1)
-		ctl.Reject(acc.ID, status.Unreachable, msg)
+		a.endpointFailed(acc.HC, target, msg)
+		o.refuse(status.Unreachable, msg)
 		return
 	}
-	up, err := ctl.Join(ctx, acc, token(ep, conn))
+	a.endpointOK(acc.HC)
+	up, early, err := o.ready(ctx, token(ep, conn))
 	if err != nil {
 		res.Close()
-		log.Warn("could not join stream at relay", "error", err)
+		log.Warn("could not join stream at relay", "hc", acc.HC, "stream", acc.ID.String(), "error", err)
 		return
+	}
+	if len(early) > 0 {
+		res.SetWriteDeadline(time.Now().Add(DialTimeout))
+		_, err := res.Write(early)
+		res.SetWriteDeadline(time.Time{})
+		if err != nil {
+			res.Close()
+			up.Close()
+			log.Warn("resource refused the stream's first bytes", "hc", acc.HC, "stream", acc.ID.String(), "error", err)
+			return
+		}
 	}
 	ls := &liveStream{conn: up, hc: acc.HC, target: acc.Target, endpoint: target, ev: ev}
 	if !a.track(ls) {
@@ -490,14 +736,14 @@ func (a *Agent) serve(ctx context.Context, ctl relayclient.Control, ep rules.Rel
 	defer a.untrack(ls)
 	start := time.Now()
 	ev.Event = "open"
-	audit.Record(ev)
+	a.audit.Load().Record(ev)
 	a.opened.Add(1)
-	log.Debug("stream open", "endpoint", target)
+	log.Debug("stream open", "hc", acc.HC, "stream", ev.Stream, "endpoint", target)
 	n := stream.Pipe(up, res)
-	ev.Event, ev.BytesIn, ev.BytesOut = "close", n.AToB, n.BToA
+	ev.Event, ev.BytesIn, ev.BytesOut = "close", n.AToB+int64(len(early)), n.BToA
 	ev.DurationMS = time.Since(start).Milliseconds()
 	a.audit.Load().Record(ev)
-	log.Debug("stream closed", "to_resource", n.AToB, "from_resource", n.BToA)
+	log.Debug("stream closed", "hc", acc.HC, "stream", ev.Stream, "to_resource", ev.BytesIn, "from_resource", ev.BytesOut)
 }
 
 // track registers a live stream, unless a reload since the check already

@@ -101,6 +101,7 @@ func TestHostileRelay(t *testing.T) {
 		Relays: []rules.RelayEndpoint{{Host: "127.0.0.1", Control: port, Data: port, Namespace: "ns"}},
 		Allow:  []string{published},
 		Audit:  audit,
+		ID:     "test-agent",
 		Connections: []rules.AgentConnection{
 			{Name: "pg", Endpoint: published, KeyName: "k", Key: "0123456789abcdef0123"},
 			{Name: "notallowed", Endpoint: outside, KeyName: "k", Key: "0123456789abcdef0123"},
@@ -131,7 +132,7 @@ func TestHostileRelay(t *testing.T) {
 	if f, err := wire.Read(br); err != nil || f.Type() != wire.TypeHello {
 		t.Fatalf("want HELLO, got %v %v", f, err)
 	}
-	wire.Write(conn, &wire.Result{})
+	wire.Write(conn, &wire.Welcome{PingMS: 15000})
 	// Only pg attaches: notallowed is published but outside allow, so the
 	// agent does not even listen for it.
 	for i := 0; i < 1; i++ {

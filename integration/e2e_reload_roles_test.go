@@ -242,10 +242,12 @@ func TestReloadAgent(t *testing.T) {
 	})
 }
 
-// TestReloadRelayRevocation: removing a send rule's value, a whole rule, a
-// connection, or the value an agent listens with ends within a second every
-// stream (and attachment) that authenticated with it; the others live on.
-// A rule added applies to the next stream.
+// TestReloadRelayRevocation: revoking a send rule's value (removed with
+// revoke: true), a whole rule, a connection, or the value an agent listens
+// with ends within a second every stream (and attachment) that
+// authenticated with it; the others live on. Replacing the agent's value
+// without revoke is a rotation: nothing is cut. A rule added applies to
+// the next stream.
 func TestReloadRelayRevocation(t *testing.T) {
 	resource := startEchoServer(t)
 	e := &rlEnv{Keys: map[string]hcKeys{
@@ -256,10 +258,11 @@ func TestReloadRelayRevocation(t *testing.T) {
 	type state struct {
 		appsSecondary, apps2, apps3, echo2 bool
 		onprem                             string
+		revoke                             bool // rules say revoke: true
 	}
 	hcs := func(s state) []rlHC {
 		k := e.Keys["echo"]
-		echo := rlHC{Name: "echo", Rules: []rlRule{{Name: "apps", Rights: "send", Primary: k.Apps}}}
+		echo := rlHC{Name: "echo", Rules: []rlRule{{Name: "apps", Rights: "send", Primary: k.Apps, Revoke: s.revoke}}}
 		if s.appsSecondary {
 			echo.Rules[0].Secondary = appsNext
 		}
@@ -269,7 +272,7 @@ func TestReloadRelayRevocation(t *testing.T) {
 		if s.apps3 {
 			echo.Rules = append(echo.Rules, rlRule{Name: "apps3", Rights: "send", Primary: apps3})
 		}
-		echo.Rules = append(echo.Rules, rlRule{Name: "onprem", Rights: "listen", Primary: s.onprem})
+		echo.Rules = append(echo.Rules, rlRule{Name: "onprem", Rights: "listen", Primary: s.onprem, Revoke: s.revoke})
 		out := []rlHC{echo}
 		if s.echo2 {
 			out = append(out, stdHC("echo2", e.Keys["echo2"]))
@@ -339,8 +342,8 @@ func TestReloadRelayRevocation(t *testing.T) {
 		}
 	}
 
-	t.Run("send rule value removed", func(t *testing.T) {
-		st.appsSecondary = false
+	t.Run("send rule value revoked", func(t *testing.T) {
+		st.appsSecondary, st.revoke = false, true
 		revoke(t, "apps.secondary removed", []string{"apps/secondary"},
 			regexp.MustCompile(`\[WARN\] +relay: stream ended: hc=echo .*reason="key revoked or connection removed" sender_key=apps listener_key=onprem`))
 		appFails(t, maps["apps/secondary"].Listen)
@@ -360,10 +363,24 @@ func TestReloadRelayRevocation(t *testing.T) {
 		rlEcho(t, maps["apps/primary"].Listen)
 	})
 
-	t.Run("listen value removed", func(t *testing.T) {
-		// The agent's own key: its attachment and every stream it joined end.
-		st.onprem = onpremNext
-		revoke(t, "onprem value replaced", []string{"apps/primary"}, regexp.MustCompile(`agent attachment ended: hc=echo `))
+	t.Run("listen value rotated", func(t *testing.T) {
+		// Replaced without revoke: a rotation. The agent (still on the old
+		// value) keeps its attachment and streams for the rotation grace.
+		st.onprem, st.revoke = onpremNext, false
+		mark := reload(t)
+		e.Relay.WaitLogAfter(t, mark, "config reloaded", reloadTimeout)
+		live["apps/primary"].check(t, "after the listen value was rotated")
+		rlEcho(t, maps["apps/primary"].Listen)
+		if out := e.Relay.Output()[mark:]; strings.Contains(out, "attachment ended") || strings.Contains(out, "stream ended") {
+			t.Fatalf("a rotation cut something:\n%s", out)
+		}
+	})
+
+	t.Run("listen value revoked", func(t *testing.T) {
+		// The agent's own key revoked: its attachment and every stream it
+		// joined end.
+		st.onprem, st.revoke = e2eKey(t), true
+		revoke(t, "onprem value revoked", []string{"apps/primary"}, regexp.MustCompile(`agent attachment ended: hc=echo `))
 		e.Agent.WaitLog(t, regexp.MustCompile(`relay ended our listening: relay=\S+ hc=echo `), reloadTimeout)
 		appFails(t, maps["apps/primary"].Listen)
 	})

@@ -47,6 +47,7 @@ const (
 type rlRule struct {
 	Name, Rights       string // Rights: listen, send or manage
 	Primary, Secondary string
+	Revoke             bool // values removed from the rule are revoked, not rotated
 }
 
 // rlHC is one relay connection with its rules.
@@ -125,6 +126,9 @@ func (e *rlEnv) relayYAML(hcs []rlHC) string {
 			fmt.Fprintf(&b, "        - {name: %s, rights: [%s], primary: %q", r.Name, r.Rights, r.Primary)
 			if r.Secondary != "" {
 				fmt.Fprintf(&b, ", secondary: %q", r.Secondary)
+			}
+			if r.Revoke {
+				b.WriteString(", revoke: true")
 			}
 			b.WriteString("}\n")
 		}

@@ -59,9 +59,9 @@ func TestE2EWebSocketAutoFallback(t *testing.T) {
 		return withTransport("auto")(y)
 	}
 	agent, proxy, listen := restartOver(t, tun, "echo", edit)
-	agent.WaitLog(t, "native control port unreachable; using the websocket fallback", e2eStartTimeout)
+	agent.WaitLog(t, "using the websocket fallback", e2eStartTimeout)
 	pingPong(t, listen, 32, 16<<10) // the proxy probes on its first stream
-	proxy.WaitLog(t, "native control port unreachable; using the websocket fallback", e2eStartTimeout)
+	proxy.WaitLog(t, "using the websocket fallback", e2eStartTimeout)
 	want, got, n := downloadAndHash(t, listen, 4<<20)
 	if want != got || n != 4<<20 {
 		t.Fatalf("download over the fallback: %d bytes, digest match %v", n, want == got)

@@ -18,9 +18,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/hybridconn/hybrid/internal/limit"
-	"github.com/hybridconn/hybrid/internal/relayclient"
-	"github.com/hybridconn/hybrid/internal/sas"
-	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/stream"
 	"github.com/hybridconn/hybrid/rules"
 )
@@ -43,7 +40,7 @@ type Proxy struct {
 	Grace time.Duration
 
 	cfg    atomic.Pointer[rules.Proxy]
-	relays atomic.Pointer[[]relay]
+	relays atomic.Pointer[relaySet]
 
 	mu         sync.Mutex
 	running    bool
@@ -56,8 +53,9 @@ type Proxy struct {
 	loops      sync.WaitGroup        // accept loops
 	wg         sync.WaitGroup        // forwards and SOCKS connections
 
-	// openStream opens a stream on a connection: Open, except in tests.
-	openStream func(context.Context, *rules.ProxyConnection) (net.Conn, error)
+	// openStream opens a stream on a connection, with the app's first
+	// bytes: Open, except in tests.
+	openStream func(ctx context.Context, c *rules.ProxyConnection, early []byte) (net.Conn, error)
 	socksLog   *stdlog.Logger // go-socks5's logger, into ours
 	socksTime  time.Duration  // SOCKS handshake deadline: SocksHandshakeTimeout, except in tests
 
@@ -67,11 +65,6 @@ type Proxy struct {
 	socksBad, socksBusy atomic.Int64
 	// socksFails limits wrong SOCKS passwords per client address.
 	socksFails *limit.Failures
-}
-
-type relay struct {
-	ep     rules.RelayEndpoint
-	client relayclient.Client
 }
 
 // mapping is one listening port and the connection it currently forwards to;
@@ -100,14 +93,53 @@ func (p *Proxy) store(cfg *rules.Proxy) error {
 	if len(cfg.Relays) == 0 {
 		return errors.New("proxy: no relay configured")
 	}
-	rs := make([]relay, 0, len(cfg.Relays))
+	old := map[string]*link{}
+	if prev := p.relays.Load(); prev != nil {
+		for _, l := range prev.links {
+			old[linkKey(l.ep, p.cfg.Load())] = l
+		}
+	}
+	set := &relaySet{policy: cfg.RelayPolicy}
 	for _, ep := range cfg.Relays {
-		rs = append(rs, relay{ep: ep, client: relayclient.New(ep.ClientEndpoint(), relayclient.WithProxy(cfg.ProxyURL),
-			relayclient.WithTransport(cfg.Transport), relayclient.WithLogger(p.log))})
+		k := linkKey(ep, cfg)
+		l := old[k]
+		if l != nil {
+			delete(old, k)
+			l.kick() // keys may have changed: re-prove them
+		} else {
+			l = newLink(ep, cfg, p.log)
+		}
+		set.links = append(set.links, l)
 	}
 	p.cfg.Store(cfg)
-	p.relays.Store(&rs)
+	p.relays.Store(set)
+	if p.running {
+		for _, l := range old {
+			l.cancel()
+		}
+		p.startLinksLocked()
+	}
 	return nil
+}
+
+func linkKey(ep rules.RelayEndpoint, cfg *rules.Proxy) string {
+	return fmt.Sprintf("%s|%d|%d|%d|%t|%s|%s|%s", ep.Host, ep.Control, ep.Data, ep.HTTP, ep.TLS, ep.Namespace, cfg.Transport, cfg.ProxyURL)
+}
+
+// startLinksLocked starts the loops of links not running yet.
+func (p *Proxy) startLinksLocked() {
+	for _, l := range p.relays.Load().links {
+		if l.cancel != nil {
+			continue
+		}
+		ctx, cancel := context.WithCancel(p.ctx)
+		l.cancel = cancel
+		p.loops.Add(1)
+		go func() {
+			defer p.loops.Done()
+			l.run(ctx, p)
+		}()
+	}
 }
 
 // Run opens every mapping's listener (and the SOCKS5 listener, and writes
@@ -123,6 +155,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 	err := p.syncLocked(p.cfg.Load())
 	if err != nil {
 		p.running = false
+	} else {
+		p.startLinksLocked()
 	}
 	p.mu.Unlock()
 	if err != nil {
@@ -353,10 +387,11 @@ func (p *Proxy) acceptLoop(ctx context.Context, m *mapping) {
 	}
 }
 
-// forward carries one app connection through a hybrid connection.
+// forward carries one app connection through a hybrid connection. What the
+// app has sent already goes with the OPEN, so it needs no round trip.
 func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnection) {
 	log := p.log.With("hc", c.Name, "app", app.RemoteAddr().String())
-	up, err := p.openStream(ctx, c)
+	up, err := p.openStream(ctx, c, readyBytes(app))
 	if err != nil {
 		p.refused.Add(1)
 		log.Error("stream refused", "error", err)
@@ -383,27 +418,10 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 	log.Debug("stream closed", "up", n.AToB, "down", n.BToA, "duration", time.Since(start).Round(time.Millisecond))
 }
 
-// Open opens a stream on connection c, trying each relay in turn. A relay
-// that is unreachable, has no agent, or is stopping yields to the next; any
-// other refusal (a bad key, an unknown name, an agent's refusal) would be the
-// same everywhere and is returned at once.
-func (p *Proxy) Open(ctx context.Context, c *rules.ProxyConnection) (net.Conn, error) {
-	var errs []error
-	for _, r := range *p.relays.Load() {
-		tok := sas.NewToken(sas.ResourceURI(r.ep.Namespace, c.Name), c.KeyName, c.Key, time.Now().Add(TokenTTL))
-		conn, err := r.client.Open(ctx, c.Name, tok, c.Endpoint)
-		if err == nil {
-			return conn, nil
-		}
-		errs = append(errs, fmt.Errorf("relay %s: %w", r.client, err))
-		var se *status.Error
-		if errors.As(err, &se) {
-			switch se.Code {
-			case status.NoListener, status.ShuttingDown, status.Timeout, status.Busy:
-			default:
-				return nil, errors.Join(errs...)
-			}
-		}
-	}
-	return nil, errors.Join(errs...)
+// Open opens a stream on connection c, with early (the app's first bytes,
+// possibly none): over the healthy relays first, spread or in priority
+// order, moving to the next relay at once when one fails (see
+// relaySet.open).
+func (p *Proxy) Open(ctx context.Context, c *rules.ProxyConnection, early []byte) (net.Conn, error) {
+	return p.relays.Load().open(ctx, c, early)
 }

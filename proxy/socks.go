@@ -333,7 +333,7 @@ func (p *Proxy) socksDial(runCtx, ctx context.Context, conn *socksConn, log hclo
 	// the resource), and the stream then lives as long as the app wants.
 	conn.SetDeadline(time.Time{})
 	log = log.With("hc", c.Name, "target", c.Endpoint)
-	up, err := p.openStream(runCtx, c)
+	up, err := p.openStream(runCtx, c, nil)
 	if err != nil {
 		code := socksReplyFor(err)
 		p.refused.Add(1)

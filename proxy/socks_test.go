@@ -76,11 +76,15 @@ func startTestProxy(t *testing.T, cfg *rules.Proxy, open opener) *testProxy {
 	}
 	tp := &testProxy{Proxy: p, logs: logs, done: make(chan error, 1)}
 	p.Grace = 200 * time.Millisecond
-	p.openStream = func(ctx context.Context, c *rules.ProxyConnection) (net.Conn, error) {
+	p.openStream = func(ctx context.Context, c *rules.ProxyConnection, early []byte) (net.Conn, error) {
 		tp.opens.Add(1)
 		ep := c.Endpoint
 		tp.lastTarget.Store(&ep)
-		return open(c)
+		conn, err := open(c)
+		if err == nil && len(early) > 0 {
+			conn.Write(early)
+		}
+		return conn, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tp.cancel = cancel
@@ -508,7 +512,13 @@ func TestSocksGarbage(t *testing.T) {
 	}
 	p.socksTime = 300 * time.Millisecond
 	p.Grace = 200 * time.Millisecond
-	p.openStream = func(context.Context, *rules.ProxyConnection) (net.Conn, error) { return net.Dial("tcp", echo) }
+	p.openStream = func(_ context.Context, _ *rules.ProxyConnection, early []byte) (net.Conn, error) {
+		c, err := net.Dial("tcp", echo)
+		if err == nil && len(early) > 0 {
+			c.Write(early)
+		}
+		return c, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()

@@ -2,19 +2,34 @@ package proxy
 
 import (
 	"sort"
+	"time"
 
 	"github.com/hybridconn/hybrid/internal/admin"
 )
 
 // Status is the proxy's part of /status.
 type Status struct {
-	Forwarding    []Forward         `json:"forwarding"`
-	Socks         string            `json:"socks,omitempty"`      // SOCKS5 listen address
-	HostsFile     string            `json:"hosts_file,omitempty"` // hosts mode's file
-	Hosts         map[string]string `json:"hosts,omitempty"`      // name → loopback address
-	Relays        []string          `json:"relays"`
-	StreamsActive int               `json:"streams_active"`
-	Counters      map[string]int64  `json:"counters"`
+	Forwarding []Forward         `json:"forwarding"`
+	Socks      string            `json:"socks,omitempty"`      // SOCKS5 listen address
+	HostsFile  string            `json:"hosts_file,omitempty"` // hosts mode's file
+	Hosts      map[string]string `json:"hosts,omitempty"`      // name → loopback address
+	Relays     []string          `json:"relays"`
+	// Links is each relay as the proxy sees it: in the spread or out of it
+	// (and why), its session and warm connections.
+	Links         []LinkStatus     `json:"links"`
+	StreamsActive int              `json:"streams_active"`
+	Counters      map[string]int64 `json:"counters"`
+}
+
+// LinkStatus is the proxy's view of one relay.
+type LinkStatus struct {
+	Relay     string `json:"relay"`
+	Healthy   bool   `json:"healthy"`
+	Session   bool   `json:"session"`
+	Transport string `json:"transport"`
+	Warm      int    `json:"warm"`
+	Streams   int64  `json:"streams_opened"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Forward is one local listener.
@@ -27,8 +42,13 @@ type Forward struct {
 func (p *Proxy) Status() Status {
 	st := Status{Counters: map[string]int64{"streams_opened": p.opened.Load(), "streams_refused": p.refused.Load(),
 		"socks_bad_handshakes": p.socksBad.Load(), "socks_busy": p.socksBusy.Load()}}
-	for _, r := range *p.relays.Load() {
-		st.Relays = append(st.Relays, r.client.String())
+	now := time.Now()
+	for _, l := range p.relays.Load().links {
+		st.Relays = append(st.Relays, l.client.String())
+		l.mu.Lock()
+		st.Links = append(st.Links, LinkStatus{Relay: l.client.String(), Healthy: !now.Before(l.downUntil),
+			Session: l.ctl != nil, Transport: l.client.Transport(), Warm: len(l.warm), Streams: l.opened.Load(), LastError: l.lastErr})
+		l.mu.Unlock()
 	}
 	p.mu.Lock()
 	for _, m := range p.mappings {

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +19,7 @@ import (
 type Auth struct {
 	verifier    sas.Verifier
 	connections map[string][]sas.Rule // HC rules followed by namespace rules
+	revokes     map[string]bool       // hc + "\x00" + rule name: its removed values are revoked, not rotated
 }
 
 // NewAuth builds the rules of a relay section.
@@ -28,6 +31,7 @@ func NewAuth(cfg *rules.Relay) (*Auth, error) {
 	a := &Auth{
 		verifier:    sas.Verifier{Namespace: cfg.Namespace, Ports: listenPorts(cfg.Listen)},
 		connections: make(map[string][]sas.Rule, len(cfg.Connections)),
+		revokes:     map[string]bool{},
 	}
 	for _, c := range cfg.Connections {
 		rs, err := convertRules(c.Keys)
@@ -35,6 +39,11 @@ func NewAuth(cfg *rules.Relay) (*Auth, error) {
 			return nil, fmt.Errorf("relay.connections %q: %w", c.Name, err)
 		}
 		a.connections[c.Name] = append(rs, ns...)
+		for _, k := range append(append([]rules.Key{}, c.Keys...), cfg.Keys...) {
+			if k.Revoke {
+				a.revokes[c.Name+"\x00"+k.Name] = true
+			}
+		}
 	}
 	return a, nil
 }
@@ -72,9 +81,23 @@ type authState struct{ *Auth }
 type Grant struct {
 	HC     string
 	Rule   string     // the key (rule) name
-	value  string     // the key value that signed the token
+	value  string     // fingerprint of the key value that signed the token
 	Need   sas.Rights // the right it was used for
 	Expiry time.Time  // the token's expiry
+	// Rotated is when a reload replaced the value while its rule stayed
+	// (zero: current). Past Rotated plus the rotation grace the grant ends,
+	// unless its client proves the rule's current value first.
+	Rotated time.Time
+}
+
+// fingerprint names a key value without keeping it: grants outlive the
+// config they came from and must not hold secrets.
+func fingerprint(v string) string {
+	if v == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(sum[:16])
 }
 
 // verify maps the SAS verdict onto status codes: a bad or unknown token is
@@ -94,9 +117,9 @@ func (a *authState) verify(hc, token string, need sas.Rights) (Grant, error) {
 	switch {
 	case err == nil:
 		r := rs[m.Index]
-		g := Grant{HC: hc, Rule: m.Rule, value: r.Primary, Need: need, Expiry: m.Expiry}
+		g := Grant{HC: hc, Rule: m.Rule, value: fingerprint(r.Primary), Need: need, Expiry: m.Expiry}
 		if m.Secondary {
-			g.value = r.Secondary
+			g.value = fingerprint(r.Secondary)
 		}
 		return g, nil
 	case errors.Is(err, sas.ErrWrongResource), errors.Is(err, sas.ErrNoRight):
@@ -106,13 +129,31 @@ func (a *authState) verify(hc, token string, need sas.Rights) (Grant, error) {
 	}
 }
 
-// holds reports whether g is still granted by these rules: the connection
-// exists and a rule of the same name still has the same value and the right.
-func (a *Auth) holds(g Grant) bool {
+// standing is what a reload makes of a grant.
+type standing int
+
+const (
+	holds   standing = iota // the rule still has the value and the right
+	rotated                 // the rule stays, its value was replaced: ends after the grace
+	revoked                 // the rule, the connection or the right is gone, or the value was removed with revoke: ends now
+)
+
+// judge says where g stands under these rules.
+func (a *Auth) judge(g Grant) standing {
 	for _, r := range a.connections[g.HC] {
-		if r.Name == g.Rule && r.Rights.Has(g.Need) && g.value != "" && (r.Primary == g.value || r.Secondary == g.value) {
-			return true
+		if r.Name != g.Rule {
+			continue
 		}
+		if !r.Rights.Has(g.Need) || g.value == "" {
+			return revoked
+		}
+		if fingerprint(r.Primary) == g.value || fingerprint(r.Secondary) == g.value {
+			return holds
+		}
+		if a.revokes[g.HC+"\x00"+r.Name] {
+			return revoked
+		}
+		return rotated
 	}
-	return false
+	return revoked
 }

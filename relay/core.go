@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -14,21 +15,89 @@ import (
 	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
-	"github.com/hybridconn/hybrid/internal/stream"
 )
 
-// DefaultJoinTimeout bounds how long a sender waits for an agent to join its
-// stream after the relay notified it. The agent dials the resource first
-// (its own dial timeout is 10 s), so this must be comfortably above that.
-const DefaultJoinTimeout = 20 * time.Second
+// Defaults of the core's Config.
+const (
+	// DefaultJoinTimeout bounds the wait for an agent's first answer to a
+	// stream (an ACK, a JOIN, a result or a refusal). A healthy agent
+	// answers in milliseconds; one that does not within this is taken out
+	// of rotation and the stream is offered to the next agent.
+	DefaultJoinTimeout = 2 * time.Second
+	// DefaultDialTimeout bounds the wait after an agent acknowledged a
+	// stream: it is dialling the resource (its own dial timeout is 10 s).
+	DefaultDialTimeout = 15 * time.Second
+	// DefaultPingInterval is how often the relay pings each control
+	// channel. A channel silent for two intervals is closed; an agent that
+	// missed one is out of rotation until it answers.
+	DefaultPingInterval = 5 * time.Second
+	// DefaultListenerWait is how long an open waits for an agent to attach
+	// when one may be on its way: in the first seconds after the relay
+	// started, or right after the last agent of the connection left (an
+	// agent reconnecting after a relay restart or GOAWAY).
+	DefaultListenerWait = 2 * time.Second
+	// listenerWaitWindow is how long after start, or after the last
+	// listener of a connection left, opens wait for one.
+	listenerWaitWindow = 10 * time.Second
+	// maxAttempts bounds how many agents one stream is offered to.
+	maxAttempts = 8
+)
+
+// Config are the core's tunables. Zero fields take the defaults above (and
+// those of rules for the limits).
+type Config struct {
+	JoinTimeout   time.Duration
+	DialTimeout   time.Duration
+	PingInterval  time.Duration
+	ListenerWait  time.Duration
+	RotationGrace time.Duration
+	// Pending caps the streams of one hybrid connection waiting for an
+	// agent; PendingPerKey those of one sender key. Beyond: busy.
+	Pending, PendingPerKey int
+	// RelayID names this relay in WELCOME frames and logs.
+	RelayID string
+}
+
+func (c Config) withDefaults() Config {
+	if c.JoinTimeout <= 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.ListenerWait < 0 {
+		c.ListenerWait = 0
+	} else if c.ListenerWait == 0 {
+		c.ListenerWait = DefaultListenerWait
+	}
+	if c.RotationGrace <= 0 {
+		c.RotationGrace = 24 * time.Hour
+	}
+	if c.Pending <= 0 {
+		c.Pending = 1024
+	}
+	if c.PendingPerKey <= 0 {
+		c.PendingPerKey = 256
+	}
+	return c
+}
 
 // StreamID names a stream at the relay. It is random and single-use: it only
-// travels on authenticated control channels, and the join must also carry a
+// travels on authenticated channels, and a native join must also carry a
 // valid listen token for the stream's hybrid connection.
 type StreamID [16]byte
 
 // String returns the id in hex.
 func (id StreamID) String() string { return hex.EncodeToString(id[:]) }
+
+// SessionID names a control channel at the relay; PARK and WARM name it.
+type SessionID [16]byte
+
+// String returns the id in hex.
+func (id SessionID) String() string { return hex.EncodeToString(id[:]) }
 
 // Accept is the notice a listening agent gets when a sender opens a stream.
 type Accept struct {
@@ -40,18 +109,29 @@ type Accept struct {
 	// Headers are the sender's connect headers (WebSocket senders only),
 	// forwarded to WebSocket listeners as Azure's connectHeaders.
 	Headers map[string]string
+	// Early is the app's first bytes (native senders only). A front door
+	// that can carry them with the notice (a parked connection) does; the
+	// others leave them to the core, which writes them once joined.
+	Early []byte
 }
 
-// ListenerConn is a front door's side of an agent's control channel: the
-// core pushes notices through it. Implementations must not block for long
-// (queue, with a bound).
+// ListenerConn is a front door's side of a control channel: the core pushes
+// notices through it. Implementations must not block for long.
 type ListenerConn interface {
-	// Accept asks the agent to serve a stream.
-	Accept(a Accept) error
-	// Detached tells the agent the relay ended its attachment to hc.
+	// Accept asks the agent to serve a stream. It may wait, for at most
+	// until ctx is done, for room in the channel's queue (back-pressure),
+	// but must not close a channel because it is momentarily full.
+	Accept(ctx context.Context, a Accept) error
+	// Detached tells the client the relay ended its attachment to hc.
 	Detached(hc string, why error)
 	// Close ends the control channel.
 	Close(why error)
+}
+
+// GoAwayer is a ListenerConn that can tell its client the relay is going
+// away, so it connects a new channel at once while this one still works.
+type GoAwayer interface {
+	GoAway(why error)
 }
 
 // Peer is one side of a stream as a front door hands it to the core: the
@@ -59,10 +139,28 @@ type ListenerConn interface {
 // wire format that the stream is established.
 type Peer struct {
 	Conn net.Conn
-	// Ready sends the "ok, raw bytes follow" answer on Conn.
+	// Ready sends the "ok, raw bytes follow" answer on Conn; nil when
+	// nothing is to be sent (the side already knows).
 	Ready func() error
 	// Addr is the peer's address, for logs.
 	Addr string
+	// Serve, when set, is how the core runs the copy from this peer to the
+	// other side: on the goroutine that read the peer's handshake, which
+	// then becomes one of the stream's two copy goroutines. It must call
+	// run exactly once, or abort if it cannot (then the stream ends).
+	// Without it the core starts a goroutine.
+	Serve func(run func())
+	// EarlySent says the stream's early data already reached this peer
+	// (with the ACCEPT on a parked connection).
+	EarlySent bool
+}
+
+// abort closes a peer that will not be used and releases its goroutine.
+func (p *Peer) abort() {
+	p.Conn.Close()
+	if p.Serve != nil {
+		p.Serve(func() {})
+	}
 }
 
 // OpenRequest is a sender's request for a stream.
@@ -73,23 +171,35 @@ type OpenRequest struct {
 	Remote string // sender's address
 	// Headers are forwarded to WebSocket listeners (see Accept.Headers).
 	Headers map[string]string
+	// Early is the app's first bytes, sent to the agent with the stream.
+	Early []byte
+	// Session is the sender's control channel, if it named one: the
+	// stream is then re-proven with the session's attachments.
+	Session SessionID
+	// Progress, if set, is called when setting the stream up takes a while
+	// (an agent is dialling, or the stream moves to another agent), so the
+	// front door can tell the sender to keep waiting.
+	Progress func()
 }
 
 // Core is the relay's heart: who listens for what, authentication, pairing,
 // limits and revocation. It knows no wire format; front doors translate
 // their protocol into calls on it.
 type Core struct {
-	log         hclog.Logger
-	joinTimeout time.Duration
-	auth        atomic.Pointer[authState]
+	log     hclog.Logger
+	cfg     atomic.Pointer[Config]
+	auth    atomic.Pointer[authState]
+	started time.Time
 
-	mu       sync.Mutex
-	closing  bool
-	hcs      map[string]*hcListeners
-	sessions map[*Session]struct{}
-	pending  map[StreamID]*pending
-	streams  map[*activeStream]struct{}
-	streamWG sync.WaitGroup
+	mu        sync.Mutex
+	closing   bool // no new sessions or streams
+	goingAway bool // no new sessions; streams still open
+	sessions  map[*Session]struct{}
+	byID      map[SessionID]*Session
+	hcs       map[string]*hcState
+	pending   map[StreamID]*attempt
+	streams   map[*activeStream]struct{}
+	streamWG  sync.WaitGroup
 
 	stats Stats
 	fails *limit.Failures
@@ -99,77 +209,72 @@ type Core struct {
 type Stats struct {
 	StreamsOpened, StreamsFailed, AuthFailures atomic.Int64
 	BytesUp, BytesDown                         atomic.Int64
+	// Retried counts streams that moved to another agent (a missed join or
+	// a transient refusal); Busy counts opens refused over a limit.
+	Retried, Busy atomic.Int64
 }
 
-type hcListeners struct {
-	sessions []*Session
-	next     int
+// hcState is what the core knows of one hybrid connection.
+type hcState struct {
+	listeners    []*Session // agent sessions attached, in attach order
+	pending      int
+	pendingByKey map[string]int
+	// lastLeft is when its last listener left; an open soon after waits
+	// for one to come back (ListenerWait).
+	lastLeft time.Time
+	// attached is closed (and replaced) whenever a listener attaches.
+	attached chan struct{}
 }
 
-type pending struct {
-	req     OpenRequest
-	grant   Grant
-	session *Session
-	joined  chan joined // buffered 1
-	failed  chan error
-
-	listenGrant Grant // set by Claim
-}
-
-type joined struct {
-	peer  Peer
-	grant Grant
-}
-
-type activeStream struct {
-	id            StreamID
-	hc            string
-	sender, agent net.Conn
-	senderGrant   Grant
-	listenerGrant Grant
-	start         time.Time
-}
-
-// NewCore returns a core with the given authentication rules.
-func NewCore(log hclog.Logger, a *Auth) *Core {
+// NewCore returns a core with the given authentication rules and tunables.
+func NewCore(log hclog.Logger, a *Auth, cfg Config) *Core {
 	c := &Core{
-		log:         log,
-		joinTimeout: DefaultJoinTimeout,
-		hcs:         map[string]*hcListeners{},
-		sessions:    map[*Session]struct{}{},
-		pending:     map[StreamID]*pending{},
-		streams:     map[*activeStream]struct{}{},
-		fails:       limit.NewFailures(),
+		log:      log,
+		started:  time.Now(),
+		sessions: map[*Session]struct{}{},
+		byID:     map[SessionID]*Session{},
+		hcs:      map[string]*hcState{},
+		pending:  map[StreamID]*attempt{},
+		streams:  map[*activeStream]struct{}{},
+		fails:    limit.NewFailures(),
 	}
+	c.SetConfig(cfg)
 	c.SetAuth(a)
 	return c
 }
 
-// SetAuth replaces the authentication rules. Every attachment and stream
-// whose key (or key value, or connection) is gone ends at once: revocation
-// is immediate, not at token expiry.
-func (c *Core) SetAuth(a *Auth) {
-	c.auth.Store(&authState{Auth: a})
-	c.sweep(a.holds, true, status.Errorf(status.Unauthorized, "key revoked or connection removed"))
+// SetConfig replaces the tunables; they apply to what starts from now on.
+func (c *Core) SetConfig(cfg Config) {
+	cfg = cfg.withDefaults()
+	c.cfg.Store(&cfg)
 }
+
+// Config returns the tunables in force.
+func (c *Core) Config() Config { return *c.cfg.Load() }
 
 // Stats returns the core's counters.
 func (c *Core) Stats() *Stats { return &c.stats }
 
-// NewSession registers an agent's control channel.
-func (c *Core) NewSession(conn ListenerConn, remote, agent string) (*Session, error) {
-	s := &Session{core: c, conn: conn, remote: remote, agent: agent, attached: map[string]Grant{}}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return nil, status.Errorf(status.ShuttingDown, "relay is stopping")
+func (c *Core) hcLocked(name string) *hcState {
+	h := c.hcs[name]
+	if h == nil {
+		h = &hcState{pendingByKey: map[string]int{}, attached: make(chan struct{})}
+		c.hcs[name] = h
 	}
-	c.sessions[s] = struct{}{}
-	return s, nil
+	return h
 }
 
-// Open authenticates a sender, notifies a listening agent and waits until it
-// joins or refuses. On success the returned stream must be passed to Splice.
+// newID returns random bytes for a stream or session id.
+func newID() ([16]byte, error) {
+	var id [16]byte
+	_, err := rand.Read(id[:])
+	return id, err
+}
+
+// Open authenticates a sender, offers the stream to a listening agent (the
+// least loaded healthy one first, then the next when one does not answer in
+// time or answers a transient failure) and waits until one joins. On
+// success the returned pairing must be passed to Splice.
 func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	if req.HC == "" {
 		return nil, status.Errorf(status.BadRequest, "no hybrid connection named")
@@ -178,84 +283,286 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	if err != nil {
 		return nil, err
 	}
-	var id StreamID
-	if _, err := rand.Read(id[:]); err != nil {
-		return nil, status.Errorf(status.Internal, "stream id: %v", err)
-	}
-	p := &pending{req: req, grant: grant, joined: make(chan joined, 1), failed: make(chan error, 1)}
-
+	cfg := c.cfg.Load()
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
 		return nil, status.Errorf(status.ShuttingDown, "relay is stopping")
 	}
-	c.pending[id] = p
-	cands := c.candidatesLocked(req.HC)
+	h := c.hcLocked(req.HC)
+	if h.pending >= cfg.Pending {
+		c.mu.Unlock()
+		c.stats.Busy.Add(1)
+		return nil, status.Errorf(status.Busy, "%d streams of %q already wait for an agent", h.pending, req.HC)
+	}
+	if h.pendingByKey[grant.Rule] >= cfg.PendingPerKey {
+		c.mu.Unlock()
+		c.stats.Busy.Add(1)
+		return nil, status.Errorf(status.Busy, "%d streams of key %q already wait for an agent", h.pendingByKey[grant.Rule], grant.Rule)
+	}
+	h.pending++
+	h.pendingByKey[grant.Rule]++
+	sender := c.byID[req.Session]
 	c.mu.Unlock()
-	delivered := false
 	defer func() {
 		c.mu.Lock()
-		_, unclaimed := c.pending[id]
-		delete(c.pending, id)
-		c.mu.Unlock()
-		if !unclaimed && !delivered {
-			// A join or reject claimed the stream as we gave up on it: its
-			// value is (or is about to be) in a channel. Don't leak the conn.
-			go func() {
-				select {
-				case j := <-p.joined:
-					j.peer.Conn.Close()
-				case <-p.failed:
-				}
-			}()
+		h.pending--
+		if h.pendingByKey[grant.Rule]--; h.pendingByKey[grant.Rule] <= 0 {
+			delete(h.pendingByKey, grant.Rule)
 		}
+		c.mu.Unlock()
 	}()
-
-	if len(cands) == 0 {
-		return nil, status.Errorf(status.NoListener, "no agent is listening for %q", req.HC)
+	if sender != nil && (sender.role != roleSender || !sender.proves(req.HC)) {
+		sender = nil // only a sender session attached to hc may adopt the stream
 	}
-	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote, Headers: req.Headers}
-	var notified *Session
-	for _, s := range cands { // failover: the first agent that takes the notice
-		// Record the agent before notifying it: its REJECT may come back
-		// before Accept returns, and only the notified agent may reject.
-		c.mu.Lock()
-		p.session = s
-		c.mu.Unlock()
-		if err := s.conn.Accept(acc); err != nil {
-			c.log.Debug("accept notice failed, trying next agent", "hc", req.HC, "agent", s.remote, "error", err)
-			continue
+
+	tried := map[*Session]bool{}
+	var last error
+	for n := 0; n < maxAttempts; n++ {
+		s, err := c.choose(ctx, req.HC, tried, n > 0)
+		if err != nil {
+			if last != nil {
+				return nil, last
+			}
+			return nil, err
 		}
-		notified = s
-		break
+		tried[s] = true
+		if n > 0 {
+			c.stats.Retried.Add(1)
+			if req.Progress != nil {
+				req.Progress()
+			}
+		}
+		pr, err := c.offer(ctx, cfg, s, req, grant)
+		if err == nil {
+			pr.senderSession = sender
+			return pr, nil
+		}
+		if !transient(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		c.log.Debug("agent did not take the stream; trying the next", "hc", req.HC, "agent", s.name, "remote", s.remote, "error", err)
+		last = err
 	}
-	if notified == nil {
-		return nil, status.Errorf(status.NoListener, "no agent for %q took the stream", req.HC)
-	}
+	return nil, last
+}
 
-	t := time.NewTimer(c.joinTimeout)
-	defer t.Stop()
-	select {
-	case j := <-p.joined:
-		delivered = true
-		return &Pairing{ID: id, HC: req.HC, Agent: j.peer, senderGrant: grant, listenerGrant: j.grant}, nil
-	case err := <-p.failed:
-		delivered = true
-		return nil, err
-	case <-t.C:
-		return nil, status.Errorf(status.Timeout, "agent %s did not join within %s", notified.remote, c.joinTimeout)
-	case <-ctx.Done():
-		return nil, status.Errorf(status.ShuttingDown, "open cancelled: %v", context.Cause(ctx))
+// transient reports whether another agent may succeed where one failed.
+func transient(err error) bool {
+	switch status.CodeOf(err) {
+	case status.Timeout, status.Unreachable, status.Busy, status.NoListener, status.ShuttingDown:
+		return true
+	}
+	return false
+}
+
+// choose picks the agent for the next offer of a stream of hc: healthy
+// agents in rotation before others, the least loaded first, ties at
+// random; agents already tried are skipped. With none, it may wait for one
+// to attach (see DefaultListenerWait) unless this is a retry.
+func (c *Core) choose(ctx context.Context, hc string, tried map[*Session]bool, retry bool) (*Session, error) {
+	cfg := c.cfg.Load()
+	for waited := false; ; waited = true {
+		now := time.Now()
+		c.mu.Lock()
+		h := c.hcLocked(hc)
+		var best *Session
+		bestRank, bestLoad := 0, 0
+		ties := 0
+		for _, s := range h.listeners {
+			if tried[s] {
+				continue
+			}
+			rank, load := s.rank(hc, now, cfg.PingInterval)
+			switch {
+			case best == nil || rank < bestRank || rank == bestRank && load < bestLoad:
+				best, bestRank, bestLoad, ties = s, rank, load, 1
+			case rank == bestRank && load == bestLoad:
+				ties++
+				if randN(ties) == 0 { // reservoir: a uniform pick among equals
+					best = s
+				}
+			}
+		}
+		wait := h.attached
+		maybeComing := !retry && !waited && cfg.ListenerWait > 0 && len(h.listeners) == 0 &&
+			(now.Sub(c.started) < listenerWaitWindow || !h.lastLeft.IsZero() && now.Sub(h.lastLeft) < listenerWaitWindow)
+		c.mu.Unlock()
+		if best != nil {
+			return best, nil
+		}
+		if !maybeComing {
+			if retry {
+				return nil, status.Errorf(status.NoListener, "no other agent is listening for %q", hc)
+			}
+			return nil, status.Errorf(status.NoListener, "no agent is listening for %q", hc)
+		}
+		t := time.NewTimer(cfg.ListenerWait)
+		select {
+		case <-wait:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			return nil, status.Errorf(status.ShuttingDown, "open cancelled: %v", context.Cause(ctx))
+		}
 	}
 }
 
-// Pairing is a stream whose agent side has joined.
+// attempt is one offer of a stream to one agent.
+type attempt struct {
+	id      StreamID
+	req     *OpenRequest
+	session *Session
+	answers chan answer   // the agent's acks and its one final word
+	done    chan struct{} // closed when the offer is over, taken or not
+	// listenGrant is set by Claim: the key the agent side used.
+	listenGrant Grant
+	claimed     atomic.Bool
+	// parked is the connection the offer went down, if any.
+	parked ParkedConn
+
+	mu   sync.Mutex
+	over bool
+}
+
+// answer is one word from the agent on an attempt.
+type answer struct {
+	ack   bool  // alive, still dialling
+	err   error // refusal or failure
+	peer  *Peer // joined: the agent's connection
+	grant Grant // the agent side's grant, with peer
+}
+
+// answersBuffer holds an attempt's final answer and a few acks; extra acks
+// are dropped (one is enough).
+const answersBuffer = 4
+
+// deliver hands x to the attempt; false when the offer is over (the caller
+// then owns what x carries).
+func (a *attempt) deliver(x answer) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.over {
+		return false
+	}
+	if x.ack && len(a.answers) >= answersBuffer-1 {
+		return true // keep room for the final answer
+	}
+	a.answers <- x // never blocks: at most one final answer per attempt
+	return true
+}
+
+// finish ends the offer and returns answers nobody read.
+func (a *attempt) finish() []answer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.over = true
+	close(a.done)
+	var left []answer
+	for len(a.answers) > 0 {
+		left = append(left, <-a.answers)
+	}
+	return left
+}
+
+// offer offers a stream to agent s and waits for its answer.
+func (c *Core) offer(ctx context.Context, cfg *Config, s *Session, req OpenRequest, grant Grant) (*Pairing, error) {
+	id, err := newID()
+	if err != nil {
+		return nil, status.Errorf(status.Internal, "stream id: %v", err)
+	}
+	at := &attempt{id: id, req: &req, session: s, answers: make(chan answer, answersBuffer), done: make(chan struct{})}
+	c.mu.Lock()
+	c.pending[id] = at
+	c.mu.Unlock()
+	s.addActive(1)
+	taken := false
+	defer func() {
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+		for _, x := range at.finish() {
+			if x.peer != nil { // an agent connection that arrived as we gave up must not leak
+				x.peer.abort()
+			}
+		}
+		if !taken {
+			s.addActive(-1)
+		}
+	}()
+
+	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote,
+		Headers: req.Headers, Early: req.Early}
+	t := time.NewTimer(cfg.JoinTimeout)
+	defer t.Stop()
+	earlySent, err := s.deliver(ctx, at, acc, cfg.JoinTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if !taken && at.parked != nil {
+			at.parked.Close() // its reader then gives up on the offer
+		}
+	}()
+	acked := false
+	for {
+		select {
+		case x := <-at.answers:
+			switch {
+			case x.ack:
+				if !acked {
+					acked = true
+					t.Reset(cfg.DialTimeout)
+					if req.Progress != nil {
+						req.Progress()
+					}
+				}
+				s.heard()
+				continue
+			case x.err != nil:
+				s.heard()
+				if status.CodeOf(x.err) == status.Unreachable {
+					s.setHealth(req.HC, false, x.err.Error())
+				}
+				return nil, x.err
+			}
+			taken = true
+			s.heard()
+			x.peer.EarlySent = x.peer.EarlySent || earlySent
+			return &Pairing{ID: id, HC: req.HC, Agent: *x.peer, agentSession: s, early: req.Early,
+				senderGrant: grant, listenerGrant: x.grant}, nil
+		case <-t.C:
+			if acked {
+				return nil, status.Errorf(status.Timeout, "agent %s acknowledged the stream but did not connect within %s", s.remote, cfg.DialTimeout)
+			}
+			s.missedJoin()
+			c.log.Warn("agent missed a join; out of rotation until it answers", "hc", req.HC, "agent", s.name, "remote", s.remote, "after", cfg.JoinTimeout)
+			return nil, status.Errorf(status.Timeout, "agent %s did not answer within %s", s.remote, cfg.JoinTimeout)
+		case <-ctx.Done():
+			return nil, status.Errorf(status.ShuttingDown, "open cancelled: %v", context.Cause(ctx))
+		}
+	}
+}
+
+// Pairing is a stream whose agent side has joined. The front door must
+// pass it to Splice, or to Abort if its sender went away meanwhile.
 type Pairing struct {
 	ID    StreamID
 	HC    string
 	Agent Peer
 
-	senderGrant, listenerGrant Grant
+	agentSession, senderSession *Session
+	early                       []byte
+	senderGrant, listenerGrant  Grant
+}
+
+// Abort ends a pairing that will not be spliced (its sender's handshake
+// failed): the agent's connection is closed.
+func (pr *Pairing) Abort() {
+	pr.agentSession.addActive(-1)
+	pr.Agent.abort()
 }
 
 // Join hands an agent's data connection to the stream it was notified of.
@@ -273,14 +580,22 @@ func (c *Core) Join(id StreamID, hc, token string, peer Peer) error {
 // exists (the WebSocket front door must answer the rendezvous handshake with
 // a status before it upgrades). Exactly one of Join or Fail must be called.
 type Claim struct {
-	p *pending
+	at *attempt
 }
 
-// Join hands the agent's connection to the stream; the core owns it.
-func (cl *Claim) Join(peer Peer) { cl.p.joined <- joined{peer: peer, grant: cl.p.listenGrant} }
+// Join hands the agent's connection to the stream; the core owns it. If the
+// stream was given up meanwhile, the connection is closed.
+func (cl *Claim) Join(peer Peer) {
+	if !cl.at.deliver(answer{peer: &peer, grant: cl.at.listenGrant}) {
+		peer.abort()
+	}
+}
+
+// Ack passes on that the agent is alive and dialling the resource.
+func (cl *Claim) Ack() { cl.at.deliver(answer{ack: true}) }
 
 // Fail ends the stream with err (an agent's rejection, or a failed upgrade).
-func (cl *Claim) Fail(err error) { cl.p.failed <- err }
+func (cl *Claim) Fail(err error) { cl.at.deliver(answer{err: err}) }
 
 // Claim verifies an agent's right to pending stream id of hc and takes it
 // (single use). token may be "" for Azure compatibility, where the
@@ -296,89 +611,32 @@ func (c *Core) Claim(id StreamID, hc, token, remote string) (*Claim, error) {
 		grant = g
 	}
 	c.mu.Lock()
-	p := c.pending[id]
-	if p == nil || p.req.HC != hc {
+	at := c.pending[id]
+	if at == nil || at.req.HC != hc || !at.claimed.CompareAndSwap(false, true) {
 		c.mu.Unlock()
 		return nil, status.Errorf(status.NotFound, "no pending stream %s for %q (expired or already joined)", id, hc)
 	}
+	c.mu.Unlock()
 	if token == "" {
-		var ok bool
-		if p.session != nil {
-			p.session.mu.Lock()
-			grant, ok = p.session.attached[hc]
-			p.session.mu.Unlock()
-		}
+		g, ok := at.session.grant(hc)
 		if !ok {
-			c.mu.Unlock()
 			return nil, status.Errorf(status.Unauthorized, "no token, and the notified agent no longer listens for %q", hc)
 		}
+		grant = g
 	}
-	delete(c.pending, id) // single use
-	p.listenGrant = grant
-	c.mu.Unlock()
-	return &Claim{p: p}, nil
+	at.listenGrant = grant
+	return &Claim{at: at}, nil
 }
 
-// reject fails a pending stream on the agent's word.
-func (c *Core) reject(s *Session, id StreamID, err error) {
+// answerFrom passes an agent's word on stream id to its attempt, if s is
+// the agent it was offered to.
+func (c *Core) answerFrom(s *Session, id StreamID, x answer) {
 	c.mu.Lock()
-	p := c.pending[id]
-	if p != nil && p.session == s {
-		delete(c.pending, id)
-	} else {
-		p = nil
-	}
+	at := c.pending[id]
 	c.mu.Unlock()
-	if p != nil {
-		p.failed <- err
+	if at != nil && at.session == s && (x.ack || at.claimed.CompareAndSwap(false, true)) {
+		at.deliver(x)
 	}
-}
-
-// Splice tells both sides the stream is established and copies bytes between
-// them until it ends. It owns and closes both connections.
-func (c *Core) Splice(pr *Pairing, sender Peer) {
-	log := c.log.With("hc", pr.HC, "stream", pr.ID.String())
-	st := &activeStream{id: pr.ID, hc: pr.HC, sender: sender.Conn, agent: pr.Agent.Conn,
-		senderGrant: pr.senderGrant, listenerGrant: pr.listenerGrant, start: time.Now()}
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		sender.Conn.Close()
-		pr.Agent.Conn.Close()
-		return
-	}
-	c.streams[st] = struct{}{}
-	c.streamWG.Add(1)
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.streams, st)
-		c.mu.Unlock()
-		c.streamWG.Done()
-	}()
-
-	// The agent hears first: it may start sending (a server greeting) as soon
-	// as it knows; those bytes wait in the socket until the copy below runs.
-	if err := pr.Agent.Ready(); err != nil {
-		log.Warn("agent side failed before the stream started", "error", err)
-		sender.Conn.Close()
-		pr.Agent.Conn.Close()
-		c.stats.StreamsFailed.Add(1)
-		return
-	}
-	if err := sender.Ready(); err != nil {
-		log.Debug("sender went away before the stream started", "error", err)
-		sender.Conn.Close()
-		pr.Agent.Conn.Close()
-		c.stats.StreamsFailed.Add(1)
-		return
-	}
-	c.stats.StreamsOpened.Add(1)
-	log.Debug("stream open", "sender", sender.Addr, "agent", pr.Agent.Addr)
-	n := stream.Pipe(sender.Conn, pr.Agent.Conn)
-	c.stats.BytesUp.Add(n.AToB)
-	c.stats.BytesDown.Add(n.BToA)
-	log.Debug("stream closed", "up", n.AToB, "down", n.BToA, "duration", time.Since(st.start).Round(time.Millisecond))
 }
 
 // Shutdown stops the core: new sessions and streams are refused, control
@@ -387,15 +645,9 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 func (c *Core) Shutdown(ctx context.Context) {
 	c.mu.Lock()
 	c.closing = true
-	sessions := make([]*Session, 0, len(c.sessions))
-	for s := range c.sessions {
-		sessions = append(sessions, s)
-	}
+	c.goingAway = true
 	c.mu.Unlock()
-	for _, s := range sessions {
-		s.conn.Close(status.Errorf(status.ShuttingDown, "relay is stopping"))
-		s.Close()
-	}
+	c.CloseSessions(status.Errorf(status.ShuttingDown, "relay is stopping"))
 	done := make(chan struct{})
 	go func() { c.streamWG.Wait(); close(done) }()
 	select {
@@ -405,26 +657,54 @@ func (c *Core) Shutdown(ctx context.Context) {
 	}
 	c.mu.Lock()
 	for st := range c.streams {
-		st.sender.Close()
-		st.agent.Close()
+		st.cut()
 	}
 	c.mu.Unlock()
 	<-done
 }
 
-// candidatesLocked returns the sessions listening for hc, rotated so that
-// successive streams start with successive agents.
-func (c *Core) candidatesLocked(hc string) []*Session {
-	l := c.hcs[hc]
-	if l == nil || len(l.sessions) == 0 {
-		return nil
+// GoAway tells every client the relay is going away (a GOAWAY frame, or
+// close code 1001 on WebSocket channels that cannot say more) and refuses
+// new control channels, so clients connect elsewhere — to the relay that
+// takes over the listening sockets, or another of the fleet — while their
+// channels here keep working until CloseSessions.
+func (c *Core) GoAway(why error) {
+	c.mu.Lock()
+	c.goingAway = true
+	sessions := c.sessionsLocked()
+	c.mu.Unlock()
+	for _, s := range sessions {
+		if g, ok := s.conn.(GoAwayer); ok {
+			g.GoAway(why)
+		}
 	}
-	n := len(l.sessions)
-	out := make([]*Session, 0, n)
-	for i := 0; i < n; i++ {
-		out = append(out, l.sessions[(l.next+i)%n])
+}
+
+// CloseSessions closes every control channel and the connections parked on
+// them. Streams live on.
+func (c *Core) CloseSessions(why error) {
+	c.mu.Lock()
+	c.goingAway = true
+	sessions := c.sessionsLocked()
+	c.mu.Unlock()
+	for _, s := range sessions {
+		s.conn.Close(why)
+		s.Close()
 	}
-	l.next = (l.next + 1) % n
+}
+
+// sessionCount returns how many control channels are open.
+func (c *Core) sessionCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.sessions)
+}
+
+func (c *Core) sessionsLocked() []*Session {
+	out := make([]*Session, 0, len(c.sessions))
+	for s := range c.sessions {
+		out = append(out, s)
+	}
 	return out
 }
 
@@ -450,194 +730,5 @@ func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (Gran
 	return m, err
 }
 
-// Session is an agent's control channel as the core sees it.
-type Session struct {
-	core   *Core
-	conn   ListenerConn
-	remote string
-	agent  string
-
-	mu       sync.Mutex
-	closed   bool
-	attached map[string]Grant
-}
-
-func (s *Session) attachedCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.attached)
-}
-
-// Remote returns the agent's address.
-func (s *Session) Remote() string { return s.remote }
-
-// Attach starts listening for hc with a listen token.
-func (s *Session) Attach(hc, token string) error {
-	c := s.core
-	m, err := c.authorize(hc, token, sas.Listen, s.remote)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return status.Errorf(status.ShuttingDown, "session closed")
-	}
-	if _, ok := s.attached[hc]; !ok {
-		l := c.hcs[hc]
-		if l == nil {
-			l = &hcListeners{}
-			c.hcs[hc] = l
-		}
-		l.sessions = append(l.sessions, s)
-	}
-	s.attached[hc] = m
-	c.log.Info("agent listening", "hc", hc, "agent", s.agent, "remote", s.remote, "key", m.Rule)
-	return nil
-}
-
-// Renew replaces the token of an attached hybrid connection.
-func (s *Session) Renew(hc, token string) error {
-	s.mu.Lock()
-	_, ok := s.attached[hc]
-	s.mu.Unlock()
-	if !ok {
-		return status.Errorf(status.NotFound, "not attached to %q", hc)
-	}
-	return s.Attach(hc, token)
-}
-
-// Detach stops listening for hc.
-func (s *Session) Detach(hc string) {
-	c := s.core
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.detachLocked(hc)
-}
-
-func (s *Session) detachLocked(hc string) {
-	c := s.core
-	if _, ok := s.attached[hc]; !ok {
-		return
-	}
-	delete(s.attached, hc)
-	if l := c.hcs[hc]; l != nil {
-		for i, x := range l.sessions {
-			if x == s {
-				l.sessions = append(l.sessions[:i], l.sessions[i+1:]...)
-				break
-			}
-		}
-		if len(l.sessions) == 0 {
-			delete(c.hcs, hc)
-		} else {
-			l.next %= len(l.sessions)
-		}
-	}
-	c.log.Info("agent stopped listening", "hc", hc, "agent", s.agent, "remote", s.remote)
-}
-
-// Reject fails the pending stream id on the agent's word.
-func (s *Session) Reject(id StreamID, code status.Code, msg string) {
-	if code == status.OK {
-		code = status.Refused
-	}
-	s.core.reject(s, id, &status.Error{Code: code, Msg: msg})
-}
-
-// Close unregisters the session and detaches everything it listened for.
-func (s *Session) Close() {
-	c := s.core
-	c.mu.Lock()
-	s.mu.Lock()
-	if !s.closed {
-		s.closed = true
-		for hc := range s.attached {
-			s.detachLocked(hc)
-		}
-		delete(c.sessions, s)
-	}
-	s.mu.Unlock()
-	// Streams this agent was asked to serve but has not joined fail now
-	// rather than at the join timeout.
-	var orphans []*pending
-	for id, p := range c.pending {
-		if p.session == s {
-			orphans = append(orphans, p)
-			delete(c.pending, id)
-		}
-	}
-	c.mu.Unlock()
-	for _, p := range orphans {
-		p.failed <- status.Errorf(status.NoListener, "agent %s went away", s.remote)
-	}
-}
-
-// expireTokens detaches every attachment whose token lapsed. Streams live
-// on: as in Azure, a token is checked when a stream opens.
-func (c *Core) expireTokens(now time.Time) {
-	c.sweep(func(g Grant) bool { return g.Expiry.IsZero() || now.Before(g.Expiry) }, false,
-		status.Errorf(status.Unauthorized, "token expired"))
-}
-
-// sweep ends every attachment, and with streams every stream, whose grant
-// fails ok.
-func (c *Core) sweep(ok func(Grant) bool, streams bool, why *status.Error) {
-	type lapse struct {
-		s  *Session
-		hc string
-	}
-	var lapsed []lapse
-	var cut []*activeStream
-	c.mu.Lock()
-	for s := range c.sessions {
-		s.mu.Lock()
-		for hc, g := range s.attached {
-			if !ok(g) {
-				s.detachLocked(hc)
-				lapsed = append(lapsed, lapse{s, hc})
-			}
-		}
-		s.mu.Unlock()
-	}
-	if streams {
-		for st := range c.streams {
-			if !ok(st.senderGrant) || !ok(st.listenerGrant) {
-				cut = append(cut, st)
-			}
-		}
-	}
-	c.mu.Unlock()
-	for _, l := range lapsed {
-		c.log.Warn("agent attachment ended", "hc", l.hc, "agent", l.s.remote, "reason", why.Msg)
-		l.s.conn.Detached(l.hc, why)
-		if l.s.attachedCount() == 0 {
-			// Nothing it authenticated for is left: end the channel too.
-			l.s.conn.Close(why)
-		}
-	}
-	for _, st := range cut {
-		c.log.Warn("stream ended", "hc", st.hc, "stream", st.id.String(), "reason", why.Msg,
-			"sender_key", st.senderGrant.Rule, "listener_key", st.listenerGrant.Rule)
-		st.sender.Close()
-		st.agent.Close()
-	}
-}
-
-// RunExpiry detaches lapsed attachments every second until ctx is done.
-func (c *Core) RunExpiry(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			c.expireTokens(now)
-		}
-	}
-}
+// errClosed reports a session that ended.
+var errClosed = errors.New("session closed")

@@ -23,19 +23,20 @@ const (
 	// connection: a slow or silent peer is dropped rather than holding a
 	// goroutine and a file descriptor.
 	HandshakeTimeout = 10 * time.Second
-	// PingInterval is how often each side pings an idle control channel;
-	// three missed intervals end it. 15 s keeps NAT and firewall state alive.
-	PingInterval = 15 * time.Second
 	// writeTimeout bounds one frame write, so a peer that stopped reading
 	// cannot stall a writer forever.
 	writeTimeout = 10 * time.Second
 	// controlQueue bounds the frames waiting to be written on one control
-	// channel; an agent that falls this far behind is not taking streams.
+	// channel. A full queue makes stream offers wait (back-pressure); it
+	// never closes a channel by itself.
 	controlQueue = 256
 	// UnattachedTimeout closes a control channel that has not attached any
 	// hybrid connection this long after its HELLO: HELLO carries no
 	// credentials, so an unauthenticated peer may not hold a channel open.
 	UnattachedTimeout = 30 * time.Second
+	// keepAlive is the TCP keep-alive period of parked and warm
+	// connections, which carry no traffic until a stream comes.
+	keepAlive = 15 * time.Second
 )
 
 // nativeDoor translates the native binary protocol into calls on the core.
@@ -112,6 +113,9 @@ func (d *nativeDoor) closeAll() {
 func (d *nativeDoor) handshake(conn net.Conn) (wire.Frame, error) {
 	conn.SetDeadline(time.Now().Add(HandshakeTimeout))
 	if err := wire.ReadPreface(conn); err != nil {
+		if errors.Is(err, wire.ErrOldVersion) {
+			return nil, status.Errorf(status.Version, "this relay speaks hybrid protocol version 2; upgrade the client")
+		}
 		return nil, err
 	}
 	return wire.Read(conn)
@@ -149,8 +153,40 @@ func resultOf(err error) *wire.Result {
 	return &wire.Result{Code: status.Internal, Msg: err.Error()}
 }
 
-// serveData handles one connection to the data port: an OPEN from a sender
-// or a JOIN from an agent, then raw bytes.
+// writeFrame writes f under writeTimeout.
+func writeFrame(conn net.Conn, f wire.Frame) error {
+	conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	err := wire.Write(conn, f)
+	conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+func keepAliveOn(conn net.Conn) {
+	if tc, ok := unwrapTCP(conn); ok {
+		tc.SetKeepAlive(true)
+		tc.SetKeepAlivePeriod(keepAlive)
+	}
+}
+
+// unwrapTCP finds the *net.TCPConn under conn (a limited or TLS one).
+func unwrapTCP(conn net.Conn) (*net.TCPConn, bool) {
+	for {
+		switch c := conn.(type) {
+		case *net.TCPConn:
+			return c, true
+		case interface{ NetConn() net.Conn }: // *tls.Conn
+			conn = c.NetConn()
+		case interface{ Unwrap() net.Conn }:
+			conn = c.Unwrap()
+		default:
+			return nil, false
+		}
+	}
+}
+
+// serveData handles one connection to the data port: an OPEN from a
+// sender, a WARM (an OPEN later), a JOIN or a PARK from an agent, a CHECK;
+// then raw bytes.
 func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
 	remote := conn.RemoteAddr().String()
 	f, err := d.handshake(conn)
@@ -159,26 +195,15 @@ func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
 		d.refuse(conn, "data", err)
 		return
 	}
-	// From here the connection waits for its pairing; the core tracks it.
+	// From here the connection waits for its pairing or its stream; the
+	// core tracks it.
 	conn.SetDeadline(time.Time{})
 	d.track(conn, false)
-	ready := func() error {
-		conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-		err := wire.Write(conn, &wire.Result{})
-		conn.SetWriteDeadline(time.Time{})
-		return err
-	}
-	peer := Peer{Conn: conn, Ready: ready, Addr: remote}
 	switch f := f.(type) {
 	case *wire.Open:
-		pr, err := d.core.Open(ctx, OpenRequest{HC: f.HC, Token: f.Token, Target: f.Target, Remote: remote})
-		if err != nil {
-			d.core.stats.StreamsFailed.Add(1)
-			d.log.Warn("stream refused", "hc", f.HC, "target", f.Target, "remote", remote, "error", err)
-			d.refuse(conn, "", err)
-			return
-		}
-		d.core.Splice(pr, peer)
+		d.open(ctx, conn, remote, f)
+	case *wire.Warm:
+		d.warm(ctx, conn, remote, f)
 	case *wire.Check:
 		right := sas.Rights(f.Right)
 		if right != sas.Listen && right != sas.Send && right != sas.Manage {
@@ -186,25 +211,172 @@ func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
 			return
 		}
 		_, err := d.core.authorize(f.HC, f.Token, right, remote)
-		conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-		wire.Write(conn, resultOf(err))
+		writeFrame(conn, resultOf(err))
 		conn.Close()
 	case *wire.Join:
-		if f.Token == "" {
-			// Native agents always prove a listen key on JOIN (a leaked id
-			// alone is useless); only Azure's rendezvous omits it.
-			d.refuse(conn, "join", status.Errorf(status.Unauthorized, "JOIN without a token"))
-			return
-		}
-		if err := d.core.Join(StreamID(f.ID), f.HC, f.Token, peer); err != nil {
-			d.refuse(conn, "join", err)
-		}
+		d.join(conn, remote, f)
+	case *wire.Park:
+		d.park(conn, remote, f)
 	default:
 		d.refuse(conn, "data", status.Errorf(status.BadRequest, "unexpected %s on data port", f.Type()))
 	}
 }
 
-// serveControl handles one agent control channel.
+// open serves a sender's OPEN: pairing, then this goroutine copies the
+// sender's bytes to the agent.
+func (d *nativeDoor) open(ctx context.Context, conn net.Conn, remote string, f *wire.Open) {
+	req := OpenRequest{HC: f.HC, Token: f.Token, Target: f.Target, Remote: remote,
+		Early: f.Early, Session: SessionID(f.Session),
+		Progress: func() { writeFrame(conn, &wire.Progress{}) }}
+	pr, err := d.core.Open(ctx, req)
+	if err != nil {
+		d.core.stats.StreamsFailed.Add(1)
+		d.log.Warn("stream refused", "hc", f.HC, "target", f.Target, "remote", remote, "error", err)
+		d.refuse(conn, "", err)
+		return
+	}
+	d.core.Splice(pr, Peer{Conn: conn, Addr: remote, Ready: func() error { return writeFrame(conn, &wire.Result{}) }})
+}
+
+// warm holds a sender's pre-opened connection, tied to its session, until
+// its OPEN comes.
+func (d *nativeDoor) warm(ctx context.Context, conn net.Conn, remote string, f *wire.Warm) {
+	s := d.core.sessionByID(SessionID(f.Session))
+	if s == nil || s.role != RoleSender {
+		d.refuse(conn, "warm", status.Errorf(status.NotFound, "no sender session %s here", SessionID(f.Session)))
+		return
+	}
+	if err := s.Tie(conn); err != nil {
+		d.refuse(conn, "warm", err)
+		return
+	}
+	keepAliveOn(conn)
+	next, err := wire.Read(conn) // waits as long as the session lives
+	s.Untie(conn)
+	if err != nil {
+		conn.Close()
+		return
+	}
+	o, ok := next.(*wire.Open)
+	if !ok {
+		d.refuse(conn, "warm", status.Errorf(status.BadRequest, "expected OPEN on a warm connection, got %s", next.Type()))
+		return
+	}
+	d.open(ctx, conn, remote, o)
+}
+
+// serveAs returns a Peer.Serve that hands the copy to this goroutine, and
+// the wait that runs it.
+func serveAs() (serve func(run func()), wait func()) {
+	runc := make(chan func(), 1)
+	return func(run func()) { runc <- run }, func() { (<-runc)() }
+}
+
+// join serves an agent's JOIN: once spliced, this goroutine copies the
+// agent's bytes to the sender.
+func (d *nativeDoor) join(conn net.Conn, remote string, f *wire.Join) {
+	if f.Token == "" {
+		// Native agents always prove a listen key on JOIN (a leaked id
+		// alone is useless); only Azure's rendezvous omits it.
+		d.refuse(conn, "join", status.Errorf(status.Unauthorized, "JOIN without a token"))
+		return
+	}
+	cl, err := d.core.Claim(StreamID(f.ID), f.HC, f.Token, remote)
+	if err != nil {
+		d.refuse(conn, "join", err)
+		return
+	}
+	serve, wait := serveAs()
+	cl.Join(Peer{Conn: conn, Addr: remote, Serve: serve, Ready: func() error { return writeFrame(conn, &wire.Result{}) }})
+	wait()
+}
+
+// nativeParked is an agent's parked data connection.
+type nativeParked struct {
+	conn net.Conn
+	mu   sync.Mutex
+	cl   *Claim // set by Offer
+}
+
+func (p *nativeParked) Close() error { return p.conn.Close() }
+
+// Offer implements ParkedConn: the accept, with the stream's early data, in
+// one write.
+func (p *nativeParked) Offer(cl *Claim, acc Accept) error {
+	p.mu.Lock()
+	p.cl = cl
+	p.mu.Unlock()
+	return writeFrame(p.conn, &wire.Accept{ID: wire.StreamID(acc.ID), HC: acc.HC, Target: acc.Target,
+		SenderKey: acc.SenderKey, SenderAddr: acc.SenderAddr, Early: acc.Early})
+}
+
+func (p *nativeParked) claim() *Claim {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cl
+}
+
+// park holds an agent's pre-opened connection until the core offers it a
+// stream, then reads the agent's answer; once spliced, this goroutine
+// copies the agent's bytes to the sender.
+func (d *nativeDoor) park(conn net.Conn, remote string, f *wire.Park) {
+	s := d.core.sessionByID(SessionID(f.Session))
+	if s == nil || s.role != RoleAgent {
+		d.refuse(conn, "park", status.Errorf(status.NotFound, "no agent session %s here", SessionID(f.Session)))
+		return
+	}
+	p := &nativeParked{conn: conn}
+	if err := s.Park(p); err != nil {
+		d.refuse(conn, "park", err)
+		return
+	}
+	keepAliveOn(conn)
+	for {
+		f, err := wire.Read(conn)
+		cl := p.claim()
+		if err != nil {
+			s.Untie(p)
+			conn.Close()
+			if cl != nil {
+				cl.Fail(status.Errorf(status.NoListener, "agent's parked connection ended: %v", err))
+			}
+			return
+		}
+		s.Heard()
+		if cl == nil {
+			s.Untie(p)
+			d.refuse(conn, "park", status.Errorf(status.BadRequest, "%s on a parked connection before any ACCEPT", f.Type()))
+			return
+		}
+		switch f := f.(type) {
+		case *wire.Ack:
+			cl.Ack()
+			continue
+		case *wire.Result:
+			if f.Code != status.OK {
+				conn.Close()
+				cl.Fail(&status.Error{Code: f.Code, Msg: f.Msg})
+				return
+			}
+			serve, wait := serveAs()
+			cl.Join(Peer{Conn: conn, Addr: remote, Serve: serve, EarlySent: true})
+			wait()
+		default:
+			conn.Close()
+			cl.Fail(status.Errorf(status.BadRequest, "agent sent %s on a parked connection", f.Type()))
+		}
+		return
+	}
+}
+
+// sessionByID returns the live session id names, or nil.
+func (c *Core) sessionByID(id SessionID) *Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byID[id]
+}
+
+// serveControl handles one control channel, an agent's or a sender's.
 func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 	defer d.track(conn, false)
 	remote := conn.RemoteAddr().String()
@@ -218,22 +390,43 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 		d.refuse(conn, "control", status.Errorf(status.BadRequest, "expected HELLO, got %s", f.Type()))
 		return
 	}
+	cfg := d.core.Config()
+	welcome := &wire.Welcome{Relay: cfg.RelayID, PingMS: uint32(cfg.PingInterval / time.Millisecond)}
+	var role Role
+	switch hello.Role {
+	case wire.RoleAgent:
+		role = RoleAgent
+	case wire.RoleSender:
+		role = RoleSender
+	case wire.RoleProbe:
+		writeFrame(conn, welcome) // the native protocol answers; nothing more
+		conn.Close()
+		return
+	default:
+		d.refuse(conn, "control", status.Errorf(status.BadRequest, "unknown role %d", hello.Role))
+		return
+	}
 	ch := &nativeControl{conn: conn, out: make(chan wire.Frame, controlQueue), done: make(chan struct{})}
-	sess, err := d.core.NewSession(ch, remote, hello.Agent)
+	sess, err := d.core.NewSessionRole(ch, role, remote, hello.Name)
 	if err != nil {
 		d.refuse(conn, "control", err)
 		return
 	}
 	defer sess.Close()
-	log := d.log.With("agent", hello.Agent, "remote", remote)
-	log.Info("agent connected", "version", hello.Version)
-	if err := wire.Write(conn, &wire.Result{}); err != nil {
+	log := d.log.With("agent", hello.Name, "remote", remote)
+	if role == RoleSender {
+		log = d.log.With("sender", hello.Name, "remote", remote)
+	}
+	log.Info("client connected", "role", roleName(role), "version", hello.Version)
+	welcome.Session = wire.SessionID(sess.ID())
+	if err := wire.Write(conn, welcome); err != nil {
 		conn.Close()
 		return
 	}
 	conn.SetDeadline(time.Time{})
+	sess.Heard()
 
-	go ch.writeLoop()
+	go ch.writeLoop(cfg.PingInterval)
 	defer ch.Close(nil)
 	idle := time.AfterFunc(UnattachedTimeout, func() {
 		if sess.attachedCount() == 0 {
@@ -245,16 +438,19 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 
 	br := bufio.NewReader(conn)
 	for {
-		conn.SetReadDeadline(time.Now().Add(3 * PingInterval))
+		// Silence for two ping intervals (the relay pings every one, the
+		// client answers) means the client is gone or frozen.
+		conn.SetReadDeadline(time.Now().Add(2 * d.core.Config().PingInterval))
 		f, err := wire.Read(br)
 		if err != nil {
 			if stream.IsClosed(err) {
-				log.Info("agent disconnected")
+				log.Info("client disconnected", "reason", err)
 			} else {
 				log.Warn("control channel ended", "error", err)
 			}
 			return
 		}
+		sess.Heard()
 		switch f := f.(type) {
 		case *wire.Attach:
 			err := sess.Attach(f.HC, f.Token)
@@ -266,6 +462,10 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 			sess.Detach(f.HC)
 		case *wire.Reject:
 			sess.Reject(StreamID(f.ID), f.Code, f.Msg)
+		case *wire.Ack:
+			sess.Ack(StreamID(f.ID))
+		case *wire.Health:
+			sess.Health(f.HC, f.Code, f.Msg)
 		case *wire.Ping:
 			ch.send(&wire.Pong{Nonce: f.Nonce})
 		case *wire.Pong:
@@ -274,6 +474,13 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 			return
 		}
 	}
+}
+
+func roleName(r Role) string {
+	if r == RoleSender {
+		return "sender"
+	}
+	return "agent"
 }
 
 func attachedOf(hc string, err error) *wire.Attached {
@@ -289,6 +496,8 @@ type nativeControl struct {
 	done chan struct{}
 }
 
+// send queues f, waiting up to writeTimeout for room: a client that has not
+// read for that long is not taking streams either, and is closed.
 func (c *nativeControl) send(f wire.Frame) bool {
 	select {
 	case c.out <- f:
@@ -296,22 +505,45 @@ func (c *nativeControl) send(f wire.Frame) bool {
 	case <-c.done:
 		return false
 	default:
-		// The agent is not reading: it cannot serve streams either.
-		c.closeNow() // and there is no room to say why
+	}
+	t := time.NewTimer(writeTimeout)
+	defer t.Stop()
+	select {
+	case c.out <- f:
+		return true
+	case <-c.done:
+		return false
+	case <-t.C:
+		c.closeNow()
 		return false
 	}
 }
 
-// Accept implements ListenerConn.
-func (c *nativeControl) Accept(a Accept) error {
-	if !c.send(&wire.Accept{ID: wire.StreamID(a.ID), HC: a.HC, Target: a.Target, SenderKey: a.SenderKey, SenderAddr: a.SenderAddr}) {
-		return status.Errorf(status.NoListener, "control channel closed")
+// Accept implements ListenerConn: it waits for room in the queue as long
+// as ctx allows (back-pressure), and never closes the channel for it.
+func (c *nativeControl) Accept(ctx context.Context, a Accept) error {
+	f := &wire.Accept{ID: wire.StreamID(a.ID), HC: a.HC, Target: a.Target, SenderKey: a.SenderKey, SenderAddr: a.SenderAddr}
+	select {
+	case c.out <- f:
+		return nil
+	case <-c.done:
+		return errClosed
+	case <-ctx.Done():
+		return errors.New("control channel queue full")
 	}
-	return nil
 }
 
 // Detached implements ListenerConn.
 func (c *nativeControl) Detached(hc string, why error) { c.send(attachedOf(hc, why)) }
+
+// GoAway implements GoAwayer.
+func (c *nativeControl) GoAway(why error) {
+	r := resultOf(why)
+	select {
+	case c.out <- &wire.GoAway{Code: r.Code, Msg: r.Msg}:
+	default: // a full queue: the channel's end will say it
+	}
+}
 
 // Close implements ListenerConn. With a reason, frames already queued (such
 // as the ATTACHED that says why) are written first, for at most a second.
@@ -337,13 +569,12 @@ func (c *nativeControl) closeNow() {
 // closeFrame is a marker in the write queue: close once it is reached.
 type closeFrame struct{ wire.Frame }
 
-func (c *nativeControl) writeLoop() {
-	ping := time.NewTicker(PingInterval)
+func (c *nativeControl) writeLoop(interval time.Duration) {
+	ping := time.NewTicker(interval)
 	defer ping.Stop()
 	var nonce uint64
 	w := func(f wire.Frame) bool {
-		c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if err := wire.Write(c.conn, f); err != nil {
+		if err := writeFrame(c.conn, f); err != nil {
 			c.closeNow()
 			return false
 		}

@@ -29,7 +29,7 @@ type testRelay struct {
 	done   chan error
 }
 
-func listen(t *testing.T) net.Listener {
+func lis(t *testing.T) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -51,7 +51,7 @@ func startRelay(t *testing.T) *testRelay {
 	cfg := &rules.Relay{Namespace: ns, Connections: []rules.RelayConnection{
 		{Name: "pg", Keys: keys}, {Name: "other", Keys: keys},
 	}}
-	l := &Listeners{Control: listen(t), Data: listen(t), HTTP: listen(t)}
+	l := &Listeners{Control: lis(t), Data: lis(t), HTTP: lis(t)}
 	cfg.Listen = rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()}
 	srv, err := New(cfg, hclog.NewNullLogger())
 	if err != nil {
@@ -198,41 +198,59 @@ func TestRefusals(t *testing.T) {
 	c.Close()
 }
 
-// TestFailoverAndSpread: two agents share a connection; streams alternate
-// between them, and when one goes every stream goes to the other.
+// TestFailoverAndSpread: two agents share a connection; a new stream goes
+// to the agent with fewer streams (ties at random), and when one goes every
+// stream goes to the other.
 func TestFailoverAndSpread(t *testing.T) {
 	r := startRelay(t)
 	tag := func(name string) func(net.Conn) {
 		return func(c net.Conn) {
 			c.Write([]byte(name))
+			io.Copy(io.Discard, c) // held until the sender closes
 			c.Close()
 		}
 	}
 	a1 := startAgent(t, r, "pg", tag("a1"))
 	startAgent(t, r, "pg", tag("a2"))
-	who := func() string {
+	who := func(keep bool) string {
 		c, err := open(r, "pg", "apps", sendKey, "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
+		if keep {
+			t.Cleanup(func() { c.Close() })
+		} else {
+			defer c.Close()
+		}
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		b, _ := io.ReadAll(c)
+		b := make([]byte, 2)
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
 		return string(b)
 	}
-	seen := map[string]int{}
-	for i := 0; i < 6; i++ {
-		seen[who()]++
+	// Streams held open: each new one goes to the less loaded agent.
+	held := map[string]int{}
+	for i := 0; i < 10; i++ {
+		held[who(true)]++
 	}
-	if seen["a1"] != 3 || seen["a2"] != 3 {
-		t.Fatalf("streams not spread evenly: %v", seen)
+	if held["a1"] != 5 || held["a2"] != 5 {
+		t.Fatalf("held streams not balanced by load: %v", held)
+	}
+	// Equal loads: ties at random, so both get a fair share.
+	seen := map[string]int{}
+	for i := 0; i < 100; i++ {
+		seen[who(false)]++
+	}
+	if seen["a1"] < 25 || seen["a2"] < 25 {
+		t.Fatalf("streams not spread: %v", seen)
 	}
 	a1.ctl.Close()
 	// The relay notices the closed channel; wait until it has detached it.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		r.srv.core.mu.Lock()
-		n := len(r.srv.core.hcs["pg"].sessions)
+		n := len(r.srv.core.hcs["pg"].listeners)
 		r.srv.core.mu.Unlock()
 		if n == 1 {
 			break
@@ -243,7 +261,7 @@ func TestFailoverAndSpread(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for i := 0; i < 4; i++ {
-		if got := who(); got != "a2" {
+		if got := who(false); got != "a2" {
 			t.Fatalf("stream %d went to %q", i, got)
 		}
 	}
@@ -293,7 +311,9 @@ func TestJoinChecks(t *testing.T) {
 
 func TestJoinTimeout(t *testing.T) {
 	r := startRelay(t)
-	r.srv.core.joinTimeout = 200 * time.Millisecond
+	cfg := r.srv.core.Config()
+	cfg.JoinTimeout = 200 * time.Millisecond
+	r.srv.core.SetConfig(cfg)
 	ctx := context.Background()
 	ctl, err := relayclient.New(r.ep).Listen(ctx, "t", "t")
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/hybridconn/hybrid/internal/admin"
 	"github.com/hybridconn/hybrid/internal/connlimit"
 	"github.com/hybridconn/hybrid/internal/safefile"
+	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -37,8 +39,15 @@ const (
 // maxPEM bounds a certificate chain or key file.
 const maxPEM = 1 << 20
 
-// DefaultGrace is how long live streams may go on after a stop is asked for.
-const DefaultGrace = 10 * time.Second
+// HandoverWait is how long a stopping relay keeps its listening sockets
+// (with reuse_port) waiting for a new process to bind the same ports, so
+// that no connection is refused during a restart.
+const HandoverWait = 5 * time.Second
+
+// sessionSettle is how long a stopping relay keeps its control channels
+// after closing its listeners: clients told to go away have connected to
+// the successor by then, and streams landing here meanwhile still pair.
+const sessionSettle = time.Second
 
 // Server runs a relay section: its listeners, front doors and core.
 type Server struct {
@@ -49,8 +58,12 @@ type Server struct {
 	ws    *wsDoor
 	tls   *tls.Config // nil without TLS; its certificate is swapped on reload
 	cert  atomic.Pointer[tls.Certificate]
-	admin *admin.Admin  // set by Register: served on the http listener
-	Grace time.Duration // zero means DefaultGrace
+	admin *admin.Admin // set by Register: served on the http listener
+	// Grace, when positive, overrides relay.drain_grace: how long live
+	// streams may go on after a stop is asked for.
+	Grace time.Duration
+	// Handover, when positive, overrides HandoverWait.
+	Handover time.Duration
 
 	mu      sync.Mutex
 	limited map[string]*connlimit.Listener // by listener name, once serving
@@ -64,7 +77,7 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 	}
 	s := &Server{log: log, limited: map[string]*connlimit.Listener{}}
 	s.cfg.Store(cfg)
-	s.core = NewCore(log, auth)
+	s.core = NewCore(log, auth, coreConfig(cfg))
 	s.door = newNativeDoor(s.core, log)
 	s.ws = newWSDoor(s.core, log, cfg.TLS != nil)
 	if cfg.TLS != nil {
@@ -137,6 +150,7 @@ func (s *Server) Apply(cfg *rules.Relay) error {
 		}
 	}
 	s.cfg.Store(cfg)
+	s.core.SetConfig(coreConfig(cfg))
 	s.core.SetAuth(auth)
 	s.mu.Lock()
 	for _, cl := range s.limited {
@@ -144,6 +158,32 @@ func (s *Server) Apply(cfg *rules.Relay) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// coreConfig takes the core's tunables from the relay section.
+func coreConfig(cfg *rules.Relay) Config {
+	id, _ := os.Hostname()
+	return Config{JoinTimeout: cfg.JoinTimeout, PingInterval: cfg.PingInterval, RotationGrace: cfg.RotationGrace,
+		Pending: cfg.Limits.Pending, PendingPerKey: cfg.Limits.PendingPerKey, RelayID: id}
+}
+
+// awaitSuccessor waits, for at most the handover time, until another
+// process listens on the relay's control port (a new relay binding it with
+// SO_REUSEPORT), so that closing this one's sockets refuses no one.
+func (s *Server) awaitSuccessor(l *Listeners) {
+	wait := HandoverWait
+	if s.Handover > 0 {
+		wait = s.Handover
+	}
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		if successorListening(l.Control.Addr()) {
+			s.log.Info("a new relay listens on the same ports; handing over")
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.log.Info("no new relay took over the ports", "waited", wait)
 }
 
 // Core returns the server's core.
@@ -166,7 +206,7 @@ func (s *Server) Listen() (*Listeners, error) {
 			return nil
 		}
 		var ln net.Listener
-		ln, err = net.Listen("tcp", addr)
+		ln, err = listen(addr, cfg.ReusePort)
 		if err != nil {
 			err = fmt.Errorf("relay %s listener: %w", name, err)
 			return nil
@@ -278,18 +318,34 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
-	s.log.Info("relay stopping")
+	// A restart without an outage: every client is told to go away (it
+	// connects a new channel, to the process taking over or another relay
+	// of the fleet), while this relay goes on serving on its sockets until
+	// a successor has bound the same ports; then it stops accepting, keeps
+	// its channels a moment for streams already on their way, and lets
+	// live streams drain.
+	s.log.Info("relay stopping: telling every client to go away")
+	s.core.GoAway(status.Errorf(status.ShuttingDown, "relay is stopping"))
+	if runErr == nil && s.cfg.Load().ReusePort {
+		s.awaitSuccessor(l)
+	}
+	drain := s.cfg.Load().DrainGrace
+	if s.Grace > 0 {
+		drain = s.Grace
+	}
+	gctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
 	control.Close()
 	data.Close()
-	grace := s.Grace
-	if grace == 0 {
-		grace = DefaultGrace
+	httpDone := make(chan struct{})
+	go func() { hs.Shutdown(gctx); close(httpDone) }() // closes the http listener at once
+	if s.core.sessionCount() > 0 {
+		time.Sleep(sessionSettle)
 	}
-	gctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
+	s.log.Info("relay stopped accepting; live streams drain", "drain_grace", drain)
 	s.ws.shutdown() // hijacked control channels: hs.Shutdown ignores them
-	hs.Shutdown(gctx)
 	s.core.Shutdown(gctx)
+	<-httpDone
 	s.door.closeAll()
 	stopAdmin()
 	wg.Wait()

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"sort"
+	"time"
 
 	"github.com/hybridconn/hybrid/internal/admin"
 )
@@ -15,30 +16,57 @@ type Status struct {
 	Counters      map[string]int64 `json:"counters"`
 }
 
-// AgentStatus is one control channel.
+// AgentStatus is one control channel: an agent's, or a sender's (role
+// "sender": a proxy's session).
 type AgentStatus struct {
 	Agent     string   `json:"agent"`
+	Role      string   `json:"role"`
 	Remote    string   `json:"remote"`
+	Since     string   `json:"since"`
 	Listening []string `json:"listening"`
+	// Unhealthy lists the connections whose endpoint the agent reports
+	// unreachable, with why.
+	Unhealthy map[string]string `json:"unhealthy,omitempty"`
+	// InRotation is false while the agent is skipped for new streams (it
+	// missed a join or a ping).
+	InRotation bool `json:"in_rotation"`
+	Streams    int  `json:"streams"`
+	Parked     int  `json:"parked"`
 }
 
 // Status reports who is connected and what moved.
 func (s *Server) Status() Status {
 	c := s.core
 	st := Status{Namespace: s.cfg.Load().Namespace, Listening: map[string]int{}, Counters: c.counters()}
+	for _, conn := range s.cfg.Load().Connections {
+		st.Listening[conn.Name] = 0 // shown even with no agent
+	}
+	ping := c.Config().PingInterval
+	now := time.Now()
 	c.mu.Lock()
 	for sess := range c.sessions {
+		rank, load := sess.rank("", now, ping)
 		sess.mu.Lock()
-		as := AgentStatus{Agent: sess.agent, Remote: sess.remote, Listening: []string{}}
-		for hc := range sess.attached {
+		as := AgentStatus{Agent: sess.name, Role: roleName(sess.role), Remote: sess.remote,
+			Since: sess.since.UTC().Format(time.RFC3339), Listening: []string{}, InRotation: rank < 2,
+			Streams: load, Parked: len(sess.parked)}
+		for hc, a := range sess.attached {
 			as.Listening = append(as.Listening, hc)
+			if !a.healthy {
+				if as.Unhealthy == nil {
+					as.Unhealthy = map[string]string{}
+				}
+				as.Unhealthy[hc] = a.why
+			}
 		}
 		sess.mu.Unlock()
 		sort.Strings(as.Listening)
 		st.Agents = append(st.Agents, as)
 	}
 	for hc, l := range c.hcs {
-		st.Listening[hc] = len(l.sessions)
+		if len(l.listeners) > 0 || s.known(hc) {
+			st.Listening[hc] = len(l.listeners)
+		}
 	}
 	st.StreamsActive = len(c.streams)
 	c.mu.Unlock()
@@ -46,13 +74,25 @@ func (s *Server) Status() Status {
 	return st
 }
 
+// known reports whether hc is a configured connection.
+func (s *Server) known(hc string) bool {
+	for _, c := range s.cfg.Load().Connections {
+		if c.Name == hc {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *Core) counters() map[string]int64 {
 	return map[string]int64{
-		"streams_opened": c.stats.StreamsOpened.Load(),
-		"streams_failed": c.stats.StreamsFailed.Load(),
-		"auth_failures":  c.stats.AuthFailures.Load(),
-		"bytes_up":       c.stats.BytesUp.Load(),
-		"bytes_down":     c.stats.BytesDown.Load(),
+		"streams_opened":  c.stats.StreamsOpened.Load(),
+		"streams_failed":  c.stats.StreamsFailed.Load(),
+		"auth_failures":   c.stats.AuthFailures.Load(),
+		"bytes_up":        c.stats.BytesUp.Load(),
+		"bytes_down":      c.stats.BytesDown.Load(),
+		"streams_retried": c.stats.Retried.Load(),
+		"streams_busy":    c.stats.Busy.Load(),
 	}
 }
 

@@ -48,7 +48,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "relay.crt"), filepath.Join(dir, "relay.key")
 	writeCert(t, certFile, keyFile, 1)
-	l := &Listeners{Control: listen(t), Data: listen(t), HTTP: listen(t)}
+	l := &Listeners{Control: lis(t), Data: lis(t), HTTP: lis(t)}
 	cfg := &rules.Relay{Namespace: ns, TLS: &rules.TLS{Cert: certFile, Key: keyFile},
 		Listen:      rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()},
 		Connections: []rules.RelayConnection{{Name: "pg", Keys: []rules.Key{{Name: "apps", Rights: []string{"send"}, Primary: sendKey}}}}}
@@ -97,7 +97,7 @@ func TestWSOverTLS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "relay.crt"), filepath.Join(dir, "relay.key")
 	writeCert(t, certFile, keyFile, 1)
-	l := &Listeners{Control: listen(t), Data: listen(t), HTTP: listen(t)}
+	l := &Listeners{Control: lis(t), Data: lis(t), HTTP: lis(t)}
 	keys := []rules.Key{{Name: "apps", Rights: []string{"send"}, Primary: sendKey}, {Name: "onprem", Rights: []string{"listen"}, Primary: listenKey}}
 	cfg := &rules.Relay{Namespace: ns, TLS: &rules.TLS{Cert: certFile, Key: keyFile},
 		Listen:      rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()},

@@ -142,12 +142,17 @@ func (d *wsDoor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type watchConn struct {
 	net.Conn
 	last atomic.Int64
+	// heard, if set, is told whenever bytes arrive (the session's liveness).
+	heard atomic.Pointer[func()]
 }
 
 func (w *watchConn) Read(p []byte) (int, error) {
 	n, err := w.Conn.Read(p)
 	if n > 0 {
 		w.last.Store(time.Now().UnixNano())
+		if f := w.heard.Load(); f != nil {
+			(*f)()
+		}
 	}
 	return n, err
 }
@@ -250,7 +255,7 @@ func (d *wsDoor) accept(w http.ResponseWriter, r *http.Request, hc, token, sid s
 	}
 	if !upgrade(w, r, func(ws *websocket.Conn) {
 		c := newWSConn(ws)
-		cl.Join(Peer{Conn: c, Ready: func() error { return nil }, Addr: remoteOf(r)})
+		cl.Join(Peer{Conn: c, Addr: remoteOf(r)})
 		<-c.done
 	}) {
 		cl.Fail(status.Errorf(status.Unreachable, "agent's websocket upgrade failed"))
@@ -294,10 +299,10 @@ func (d *wsDoor) connect(w http.ResponseWriter, r *http.Request, hc, token strin
 	}
 	if !upgrade(w, r, func(ws *websocket.Conn) {
 		c := newWSConn(ws)
-		d.core.Splice(pr, Peer{Conn: c, Ready: func() error { return nil }, Addr: remote})
+		d.core.Splice(pr, Peer{Conn: c, Addr: remote})
 		<-c.done
 	}) {
-		pr.Agent.Conn.Close()
+		pr.Abort()
 		d.core.stats.StreamsFailed.Add(1)
 	}
 }
@@ -367,6 +372,8 @@ func (d *wsDoor) listen(w http.ResponseWriter, r *http.Request, hc, token string
 		ch.mu.Lock()
 		ch.ws, ch.wc = ws, wc
 		ch.mu.Unlock()
+		heard := sess.Heard
+		wc.heard.Store(&heard)
 		d.mu.Lock()
 		if d.closing {
 			d.mu.Unlock()
@@ -475,7 +482,7 @@ func (c *wsControl) push(m any) bool {
 }
 
 // Accept implements ListenerConn.
-func (c *wsControl) Accept(a Accept) error {
+func (c *wsControl) Accept(_ context.Context, a Accept) error {
 	var m wsAccept
 	scheme := "ws"
 	if c.door.tls {
@@ -516,6 +523,10 @@ func (c *wsControl) Accept(a Accept) error {
 func (c *wsControl) Detached(hc string, why error) {
 	c.sendClose(closePolicy, why.Error())
 }
+
+// GoAway implements GoAwayer: Azure's protocol has no GOAWAY, so the
+// channel closes with 1001 (going away) and the listener reconnects.
+func (c *wsControl) GoAway(why error) { c.sendClose(closeGoingAway, why.Error()) }
 
 // Close implements ListenerConn.
 func (c *wsControl) Close(why error) {
@@ -571,7 +582,8 @@ var (
 )
 
 func (c *wsControl) writeLoop() {
-	ping := time.NewTicker(PingInterval)
+	interval := c.door.core.Config().PingInterval
+	ping := time.NewTicker(interval)
 	defer ping.Stop()
 	for {
 		var err error
@@ -587,7 +599,7 @@ func (c *wsControl) writeLoop() {
 			}
 			err = websocket.JSON.Send(c.ws, m)
 		case <-ping.C:
-			if c.wc.idle() > 3*PingInterval {
+			if c.wc.idle() > 2*interval {
 				c.door.log.Warn("closing silent websocket control channel", "hc", c.hc, "silent", c.wc.idle().Round(time.Second))
 				c.closeNow()
 				return

@@ -136,8 +136,9 @@ func waitNoListener(t *testing.T, r *testRelay, hc string) {
 	for time.Now().Before(deadline) {
 		r.srv.core.mu.Lock()
 		l := r.srv.core.hcs[hc]
+		gone := l == nil || len(l.listeners) == 0
 		r.srv.core.mu.Unlock()
-		if l == nil {
+		if gone {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -352,7 +353,7 @@ func TestWSRenewAndShutdown(t *testing.T) {
 func TestAutoFallsBack(t *testing.T) {
 	r := startRelay(t)
 	ep := r.ep
-	dead := listen(t)
+	dead := lis(t)
 	ep.Control = port(dead)
 	dead.Close() // nothing listens there now
 	auto := relayclient.New(ep, relayclient.WithTransport(relayclient.TransportAuto), relayclient.WithProbeTimeout(time.Second))

@@ -65,7 +65,7 @@ func TestErrors(t *testing.T) {
 `,
 			want: []string{
 				`hybrid.yaml:3: proxy.conections: unknown field "conections" (did you mean "connections"?)`,
-				`hybrid.yaml:4: proxy.colour: unknown field "colour" (want admin, connections, hosts, proxy_url, relay, socks, socks_auth or transport)`,
+				`hybrid.yaml:4: proxy.colour: unknown field "colour" (want admin, connections, hosts, pool, proxy_url, relay, relay_policy, socks, socks_auth or transport)`,
 			},
 		},
 		{

@@ -106,6 +106,10 @@ func TestParseDesignExample(t *testing.T) {
 			}},
 			Limits:        defaultLimits,
 			RotationGrace: DefaultRotationGrace,
+			JoinTimeout:   DefaultJoinTimeout,
+			PingInterval:  DefaultPingInterval,
+			DrainGrace:    DefaultDrainGrace,
+			ReusePort:     true,
 		},
 		Agent: &Agent{
 			Relays: []RelayEndpoint{
@@ -119,11 +123,15 @@ func TestParseDesignExample(t *testing.T) {
 				{Name: "postgres", Endpoint: "127.0.0.1:5432", KeyName: "onprem", Key: keyOnprem},
 			},
 			MaxStreams: DefaultAgentMaxStreams,
+			ID:         hostname(),
+			Pool:       DefaultPool,
 		},
 		Proxy: &Proxy{
-			Relays:    []RelayEndpoint{{Host: "127.0.0.1", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "127.0.0.1"}},
-			Transport: "auto",
-			Socks:     "127.0.0.1:1080",
+			Relays:      []RelayEndpoint{{Host: "127.0.0.1", Control: 5671, Data: 9352, HTTP: 443, TLS: false, Namespace: "127.0.0.1"}},
+			Transport:   "auto",
+			RelayPolicy: RelayPolicySpread,
+			Pool:        DefaultPool,
+			Socks:       "127.0.0.1:1080",
 			Connections: []ProxyConnection{
 				{Name: "postgres", Endpoint: "127.0.0.1:5432", Listen: "127.0.0.2:5432", KeyName: "apps", Key: keyApps1},
 			},
@@ -193,15 +201,23 @@ proxy:
 			Keys:          []Key{{Name: "root", Rights: []string{"manage"}, Primary: keySixteen}},
 			Limits:        defaultLimits,
 			RotationGrace: DefaultRotationGrace,
+			JoinTimeout:   DefaultJoinTimeout,
+			PingInterval:  DefaultPingInterval,
+			DrainGrace:    DefaultDrainGrace,
+			ReusePort:     true,
 		},
 		Agent: &Agent{
 			Relays:     []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
 			Transport:  "auto",
 			MaxStreams: DefaultAgentMaxStreams,
+			ID:         hostname(),
+			Pool:       DefaultPool,
 		},
 		Proxy: &Proxy{
-			Relays:    []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
-			Transport: "auto",
+			Relays:      []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},
+			Transport:   "auto",
+			RelayPolicy: RelayPolicySpread,
+			Pool:        DefaultPool,
 		},
 	}
 	assertConfig(t, got, want)

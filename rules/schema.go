@@ -66,6 +66,22 @@ const (
 	// rotated (replaced, not revoked) key value lives on unless its client
 	// proves the new value (relay.rotation_grace).
 	DefaultRotationGrace = 24 * time.Hour
+	// DefaultJoinTimeout is relay.join_timeout.
+	DefaultJoinTimeout = 2 * time.Second
+	// DefaultPingInterval is relay.ping_interval.
+	DefaultPingInterval = 5 * time.Second
+	// DefaultDrainGrace is relay.drain_grace: database sessions outlive a
+	// relay restart by this much.
+	DefaultDrainGrace = 10 * time.Minute
+	// DefaultPool is agent.pool and proxy.pool: connections kept ready at
+	// each relay.
+	DefaultPool = 4
+	// MaxPool caps what a pool grows to under load.
+	MaxPool = 64
+	// DefaultHealthInterval and DefaultHealthTimeout are health_check's
+	// defaults.
+	DefaultHealthInterval = 2 * time.Second
+	DefaultHealthTimeout  = 2 * time.Second
 	// DefaultAgentMaxStreams caps an agent's streams: dials in flight plus
 	// live streams (agent.max_streams).
 	DefaultAgentMaxStreams = 1024
@@ -169,6 +185,20 @@ type Relay struct {
 	// A value removed from a rule with revoke: true, or a rule removed,
 	// ends its streams at once instead.
 	RotationGrace time.Duration
+	// JoinTimeout bounds the wait for an agent's first answer to a stream
+	// (yaml: join_timeout); past it the agent is out of rotation and the
+	// stream goes to the next agent. Default DefaultJoinTimeout.
+	JoinTimeout time.Duration
+	// PingInterval is how often the relay pings every control channel
+	// (yaml: ping_interval); two silent intervals end a channel. Default
+	// DefaultPingInterval.
+	PingInterval time.Duration
+	// DrainGrace is how long live streams may go on after SIGTERM (yaml:
+	// drain_grace); 0 ends them at once. Default DefaultDrainGrace.
+	DrainGrace time.Duration
+	// ReusePort lets a new relay process bind the same ports while this
+	// one drains (SO_REUSEPORT, Linux; yaml: reuse_port). Default true.
+	ReusePort bool
 }
 
 // RelayLimits bound the work one party can make the relay do (yaml: limits).
@@ -317,6 +347,21 @@ type Agent struct {
 	// (yaml: max_streams); beyond it new streams are refused busy at once.
 	// Default DefaultAgentMaxStreams.
 	MaxStreams int
+	// ID names the agent to relays (status, logs): 1..128 of A-Z a-z 0-9
+	// . _ -. Default: the host name.
+	ID string
+	// Pool is how many connections the agent keeps parked at each relay
+	// for the next streams (yaml: pool); it grows under load up to
+	// MaxPool. 0 turns pre-opened connections off. Default DefaultPool.
+	Pool int
+}
+
+// HealthCheck is how an agent checks a published endpoint while its dials
+// fail (yaml: health_check): a TCP connect every Interval, each bounded by
+// Timeout.
+type HealthCheck struct {
+	Interval time.Duration
+	Timeout  time.Duration
 }
 
 // AgentConnection is a hybrid connection published by the agent.
@@ -335,6 +380,9 @@ type AgentConnection struct {
 	// MaxStreams caps this connection's streams (yaml: max_streams); 0
 	// means only the agent's cap applies.
 	MaxStreams int
+	// HealthCheck, when set, checks the endpoint all the time rather than
+	// only after a failed dial (yaml: health_check: {interval, timeout}).
+	HealthCheck *HealthCheck
 }
 
 // Proxy is the proxy section.
@@ -362,7 +410,20 @@ type Proxy struct {
 	ProxyURL string
 	// Connections are the hybrid connections this proxy uses.
 	Connections []ProxyConnection
+	// RelayPolicy is RelayPolicySpread (new streams spread over the
+	// healthy relays) or RelayPolicyPriority (the first healthy relay of
+	// the list). Default RelayPolicySpread.
+	RelayPolicy string
+	// Pool is how many pre-opened connections the proxy keeps at each
+	// relay (yaml: pool); 0 turns them off. Default DefaultPool.
+	Pool int
 }
+
+// Relay policies: the values of proxy.relay_policy.
+const (
+	RelayPolicySpread   = "spread"
+	RelayPolicyPriority = "priority"
+)
 
 // SocksUser is one SOCKS5 username/password pair of proxy.socks_auth.
 type SocksUser struct {

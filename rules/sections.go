@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -123,6 +124,10 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 			rawAdmin["admin_token_file"], _ = d.str(p, v)
 		},
 		"rotation_grace": func(p string, v *yaml.Node) { r.RotationGrace, _ = d.duration(p, v, 0) },
+		"join_timeout":   func(p string, v *yaml.Node) { r.JoinTimeout, _ = d.duration(p, v, 50*time.Millisecond) },
+		"ping_interval":  func(p string, v *yaml.Node) { r.PingInterval, _ = d.duration(p, v, 100*time.Millisecond) },
+		"drain_grace":    func(p string, v *yaml.Node) { r.DrainGrace, _ = d.duration(p, v, 0) },
+		"reuse_port":     func(p string, v *yaml.Node) { r.ReusePort, _ = d.boolean(p, v) },
 	})
 	if !ok {
 		return r
@@ -130,8 +135,22 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 	if !seen["limits"] {
 		r.Limits = d.relayLimits(path+".limits", nil)
 	}
-	if !seen["rotation_grace"] {
-		r.RotationGrace = DefaultRotationGrace
+	for _, f := range []struct {
+		name string
+		dst  *time.Duration
+		def  time.Duration
+	}{
+		{"rotation_grace", &r.RotationGrace, DefaultRotationGrace},
+		{"join_timeout", &r.JoinTimeout, DefaultJoinTimeout},
+		{"ping_interval", &r.PingInterval, DefaultPingInterval},
+		{"drain_grace", &r.DrainGrace, DefaultDrainGrace},
+	} {
+		if !seen[f.name] {
+			*f.dst = f.def
+		}
+	}
+	if !seen["reuse_port"] {
+		r.ReusePort = true
 	}
 	if seen["admin_token"] || seen["admin_token_file"] {
 		r.AdminToken = d.secret(path, "admin_token", seen, rawAdmin, false)
@@ -514,9 +533,17 @@ func (d *decoder) agent(path string, n *yaml.Node) *Agent {
 		"proxy_url":   func(p string, v *yaml.Node) { a.ProxyURL, _ = d.proxyURL(p, v) },
 		"connections": func(p string, v *yaml.Node) { a.Connections = d.agentConnections(p, v) },
 		"max_streams": func(p string, v *yaml.Node) { a.MaxStreams, _ = d.positive(p, v) },
+		"id":          func(p string, v *yaml.Node) { a.ID, _ = d.name(p, v, checkKeyName) },
+		"pool":        func(p string, v *yaml.Node) { a.Pool, _ = d.pool(p, v) },
 	})
 	if !ok {
 		return a
+	}
+	if !seen["pool"] {
+		a.Pool = DefaultPool
+	}
+	if a.ID == "" {
+		a.ID = hostname()
 	}
 	if a.MaxStreams == 0 {
 		a.MaxStreams = DefaultAgentMaxStreams
@@ -562,9 +589,10 @@ func (d *decoder) agentConnections(path string, n *yaml.Node) []AgentConnection 
 		var c AgentConnection
 		raw := map[string]string{}
 		f := fields{
-			"name":        func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
-			"endpoint":    func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
-			"max_streams": func(p string, v *yaml.Node) { c.MaxStreams, _ = d.positive(p, v) },
+			"name":         func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
+			"endpoint":     func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
+			"max_streams":  func(p string, v *yaml.Node) { c.MaxStreams, _ = d.positive(p, v) },
+			"health_check": func(p string, v *yaml.Node) { c.HealthCheck = d.healthCheck(p, v) },
 		}
 		d.connKeyFields(f, &c.KeyName, raw)
 		seen, ok := d.mapping(ip, it, f)
@@ -602,6 +630,10 @@ func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
 		"hosts":      func(p string, v *yaml.Node) { x.Hosts = d.hosts(p, v) },
 		"admin":      listenField(&x.Admin),
 		"proxy_url":  func(p string, v *yaml.Node) { x.ProxyURL, _ = d.proxyURL(p, v) },
+		"pool":       func(p string, v *yaml.Node) { x.Pool, _ = d.pool(p, v) },
+		"relay_policy": func(p string, v *yaml.Node) {
+			x.RelayPolicy, _ = d.oneOf(p, v, "relay policy", RelayPolicySpread, RelayPolicyPriority)
+		},
 		"connections": func(p string, v *yaml.Node) {
 			var ls []listenAddr
 			x.Connections, ls = d.proxyConnections(p, v)
@@ -612,6 +644,12 @@ func (d *decoder) proxy(path string, n *yaml.Node) *Proxy {
 		return x
 	}
 	d.require(path, seen, "relay")
+	if !seen["pool"] {
+		x.Pool = DefaultPool
+	}
+	if x.RelayPolicy == "" {
+		x.RelayPolicy = RelayPolicySpread
+	}
 	if seen["socks_auth"] && !seen["socks"] && !seen[mergeKey] {
 		d.fieldErr(path+".socks_auth", "has no effect without socks: add socks (the SOCKS5 listen address) or remove socks_auth")
 	}

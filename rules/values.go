@@ -443,3 +443,43 @@ func ParseDuration(s string) (time.Duration, error) {
 	}
 	return v, nil
 }
+
+// pool decodes a pool size: 0 (off) to MaxPool.
+func (d *decoder) pool(path string, n *yaml.Node) (int, bool) {
+	x, ok := d.integer(path, n)
+	if !ok {
+		return 0, false
+	}
+	if x < 0 || x > MaxPool {
+		d.fieldErr(path, "%d is out of range (want 0 to %d; 0 turns pre-opened connections off)", x, MaxPool)
+		return 0, false
+	}
+	return x, true
+}
+
+// healthCheck decodes {interval, timeout}; absent fields take defaults.
+func (d *decoder) healthCheck(path string, n *yaml.Node) *HealthCheck {
+	h := &HealthCheck{Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout}
+	d.mapping(path, section(n), fields{
+		"interval": func(p string, v *yaml.Node) {
+			if x, ok := d.duration(p, v, 100*time.Millisecond); ok {
+				h.Interval = x
+			}
+		},
+		"timeout": func(p string, v *yaml.Node) {
+			if x, ok := d.duration(p, v, 10*time.Millisecond); ok {
+				h.Timeout = x
+			}
+		},
+	})
+	return h
+}
+
+// hostname is the default agent.id: the machine's name, or "agent".
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || checkKeyName(h) != nil {
+		return "agent"
+	}
+	return h
+}

@@ -107,3 +107,55 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("exit %d, %q", code, out)
 	}
 }
+
+// TestKeysRotateRevoke: the commands edit the relay's file in place, print
+// the new value once, and leave a valid config; mistakes change nothing.
+func TestKeysRotateRevoke(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "relay.yaml")
+	src := `# relay of the test
+relay:
+  connections:
+    - name: pg
+      keys:
+        - { name: apps, rights: [send], primary: "AAAAAAAAAAAAAAAAAAAAAAAA", secondary: "BBBBBBBBBBBBBBBBBBBBBBBB" }
+        - { name: onprem, rights: [listen], primary: "CCCCCCCCCCCCCCCCCCCCCCCC" }
+`
+	os.WriteFile(file, []byte(src), 0o640)
+	code, out, errs := runArgs(t, "keys", "rotate", "--config", file, "--connection", "pg", "--rule", "apps", "--slot", "primary")
+	if code != 0 {
+		t.Fatalf("rotate: exit %d: %s", code, errs)
+	}
+	value := strings.TrimSpace(out)
+	if b, err := base64.StdEncoding.DecodeString(value); err != nil || len(b) != 32 {
+		t.Fatalf("printed %q, want a fresh 256-bit key", out)
+	}
+	b, _ := os.ReadFile(file)
+	if !strings.Contains(string(b), `primary: "`+value+`"`) || strings.Contains(string(b), "AAAA") ||
+		!strings.Contains(string(b), "# relay of the test") || !strings.Contains(errs, "next:") {
+		t.Fatalf("file after rotate:\n%s\nstderr: %s", b, errs)
+	}
+	if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("mode %v not kept", fi.Mode().Perm())
+	}
+	if code, _, errs := runArgs(t, "keys", "revoke", "--config", file, "--connection", "pg", "--rule", "apps", "--slot", "secondary"); code != 0 {
+		t.Fatalf("revoke: exit %d: %s", code, errs)
+	}
+	b, _ = os.ReadFile(file)
+	if strings.Contains(string(b), "BBBB") || !strings.Contains(string(b), "revoke: true") {
+		t.Fatalf("file after revoke:\n%s", b)
+	}
+	before := string(b)
+	for _, args := range [][]string{
+		{"keys", "rotate", "--config", file, "--connection", "pg", "--rule", "nope", "--slot", "primary"},
+		{"keys", "rotate", "--config", file, "--connection", "pg", "--rule", "apps"},
+		{"keys", "revoke", "--config", file, "--connection", "pg", "--rule", "apps", "--slot", "third"},
+	} {
+		if code, _, _ := runArgs(t, args...); code != 1 {
+			t.Fatalf("%v: exit %d, want 1", args, code)
+		}
+	}
+	if b, _ := os.ReadFile(file); string(b) != before {
+		t.Fatal("a refused edit changed the file")
+	}
+}

@@ -104,7 +104,7 @@ namespace; one for sb://<namespace>/<name> covers that connection only.`,
 	tok.Flags().StringVar(&keyName, "key-name", "", "name of the key (rule) at the relay")
 	tok.Flags().StringVar(&key, "key", "", "the key value (as configured: the string, not its decoding)")
 	tok.Flags().DurationVar(&ttl, "ttl", time.Hour, "lifetime of the token")
-	keys.AddCommand(tok)
+	keys.AddCommand(tok, keysRotateCommand(), keysRevokeCommand())
 	return keys
 }
 

@@ -5,14 +5,10 @@
 package relayclient
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
-	"strconv"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -58,20 +54,6 @@ const (
 	TransportAuto = "auto"
 )
 
-// Timeouts of the client side.
-const (
-	// DialTimeout bounds a TCP (and TLS) connect to the relay.
-	DialTimeout = 10 * time.Second
-	// HandshakeTimeout bounds a control-channel handshake or an attach.
-	HandshakeTimeout = 10 * time.Second
-	// OpenTimeout bounds the wait for a relay's answer to OPEN: the relay
-	// itself waits up to 20 s for the agent to dial the resource and join.
-	OpenTimeout = 30 * time.Second
-	// PingInterval is how often the client pings an idle control channel;
-	// three silent intervals end it.
-	PingInterval = 15 * time.Second
-)
-
 // StreamID names a stream at the relay.
 type StreamID = wire.StreamID
 
@@ -80,33 +62,84 @@ type Accept = wire.Accept
 
 // Client is one relay as agents and proxies see it.
 type Client interface {
-	// Open opens a stream on hybrid connection hc as a sender. The
-	// returned connection carries raw bytes. A refusal is a *status.Error.
+	// Open opens a stream on hybrid connection hc as a sender, without a
+	// session. The returned connection carries raw bytes. A refusal is a
+	// *status.Error.
 	Open(ctx context.Context, hc, token, target string) (net.Conn, error)
-	// Listen opens a control channel as an agent named agent.
-	Listen(ctx context.Context, agent, version string) (Control, error)
+	// OpenStream opens a stream as a sender with everything a proxy uses:
+	// early data, its session, a warm connection, a short first-answer
+	// timeout.
+	OpenStream(ctx context.Context, req OpenRequest) (net.Conn, error)
+	// Listen opens a control channel as an agent named name.
+	Listen(ctx context.Context, name, version string) (Control, error)
+	// Connect opens a control channel as a sender (a proxy) named name: it
+	// proves the proxy's keys, so that its streams survive a key rotation,
+	// and carries the relay's GOAWAY. ErrUnsupported on WebSocket.
+	Connect(ctx context.Context, name, version string) (Control, error)
 	// Check asks whether token grants right (sas.Listen or sas.Send) on hc,
 	// opening nothing. A refusal is a *status.Error.
 	Check(ctx context.Context, hc, token string, right sas.Rights) error
+	// Transport names the protocol in use now: TransportTCP or
+	// TransportWebSocket (auto mode reports its current choice).
+	Transport() string
 	// String names the relay for logs.
 	String() string
 }
 
-// Control is an agent's control channel to one relay.
+// ErrUnsupported is returned for what a transport cannot do (pre-opened
+// connections and sender sessions on WebSocket).
+var ErrUnsupported = errors.New("not supported on this transport")
+
+// OpenRequest is a sender's stream request (see Client.OpenStream).
+type OpenRequest struct {
+	HC, Token, Target string
+	// Early is the app's first bytes, at most wire.MaxEarly: they travel
+	// with the OPEN and need no round trip of their own.
+	Early []byte
+	// Session links the stream to the sender's control channel (Control.Session).
+	Session SessionID
+	// Warm is a pre-opened connection to use (Control.Warm); nil dials.
+	Warm *Warm
+	// FirstAnswer bounds the wait for the relay's first word (a PROGRESS
+	// or the RESULT); 0 means OpenTimeout. A PROGRESS extends the wait to
+	// OpenTimeout.
+	FirstAnswer time.Duration
+}
+
+// SessionID names a control channel at the relay.
+type SessionID = wire.SessionID
+
+// Control is a control channel to one relay: an agent's, or a sender's.
 type Control interface {
-	// Attach starts listening for hc; it waits for the relay's verdict.
+	// Attach starts listening for hc (agent), or proves a send key for it
+	// (sender); it waits for the relay's verdict.
 	Attach(ctx context.Context, hc, token string) error
 	// Renew replaces hc's token.
 	Renew(ctx context.Context, hc, token string) error
 	// Detach stops listening for hc.
 	Detach(hc string) error
-	// Events delivers stream requests and detach notices. It is closed when
-	// the channel ends.
+	// Events delivers stream requests, detach notices, dropped notices and
+	// GOAWAY. It is closed when the channel ends.
 	Events() <-chan Event
 	// Reject refuses a stream request.
 	Reject(id StreamID, code status.Code, msg string) error
+	// Ack tells the relay the agent is alive and dialling for stream id.
+	Ack(id StreamID) error
+	// Health reports whether the agent reaches hc's endpoint (code OK or
+	// status.Unreachable).
+	Health(hc string, code status.Code, msg string) error
 	// Join opens the agent's side of an accepted stream.
 	Join(ctx context.Context, a *Accept, token string) (net.Conn, error)
+	// Park opens a data connection parked at the relay for this agent's
+	// next stream. ErrUnsupported on WebSocket.
+	Park(ctx context.Context) (*Parked, error)
+	// Warm opens a data connection for a later OpenStream of this sender.
+	// ErrUnsupported on WebSocket.
+	Warm(ctx context.Context) (*Warm, error)
+	// Session returns the relay's id for the channel (zero on WebSocket).
+	Session() SessionID
+	// Transport names the protocol of the channel.
+	Transport() string
 	// Done is closed when the channel has ended; Err then says why.
 	Done() <-chan struct{}
 	// Err returns why the channel ended, nil while it is up.
@@ -120,6 +153,10 @@ type Event struct {
 	Accept   *Accept
 	Detached *Detached
 	Dropped  *Dropped
+	// GoAway says the relay is stopping: open a new channel now (it may
+	// land on the relay that takes over, or another of the fleet); this
+	// one keeps working until the relay closes it.
+	GoAway *status.Error
 }
 
 // Dropped is an accept notice the client refused to act on, because the
@@ -190,326 +227,3 @@ func WithLogger(l hclog.Logger) Option { return func(o *options) { o.log = l } }
 // WithProbeTimeout sets how long auto mode waits for the native control
 // port before it falls back to WebSocket (default ProbeTimeout).
 func WithProbeTimeout(d time.Duration) Option { return func(o *options) { o.probeTimeout = d } }
-
-func newNative(ep Endpoint, o options) *native {
-	c := &native{ep: ep, proxyURL: o.proxyURL}
-	d := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
-	c.dialTCP = d.DialContext
-	if ep.TLS {
-		c.tls = &tls.Config{ServerName: ep.Host, MinVersion: tls.VersionTLS12}
-		if o.tls != nil {
-			c.tls = o.tls.Clone()
-			if c.tls.ServerName == "" {
-				c.tls.ServerName = ep.Host
-			}
-		}
-	}
-	return c
-}
-
-type native struct {
-	ep Endpoint
-	// dialTCP opens every TCP connection the client makes (to the relay, a
-	// rendezvous host or a CONNECT proxy): one place to observe them.
-	dialTCP  func(ctx context.Context, network, addr string) (net.Conn, error)
-	tls      *tls.Config
-	proxyURL string // HTTP CONNECT proxy; "" = from the environment
-}
-
-func (c *native) String() string {
-	return net.JoinHostPort(c.ep.Host, strconv.Itoa(c.ep.Control))
-}
-
-func (c *native) dial(ctx context.Context, port int) (net.Conn, error) {
-	return c.dialHost(ctx, c.ep.Host, port)
-}
-
-// dialHost connects to host:port directly or through the proxy, with TLS
-// (server name host) when the endpoint uses TLS.
-func (c *native) dialHost(ctx context.Context, host string, port int) (net.Conn, error) {
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	proxy, err := c.proxyFor(addr)
-	if err != nil {
-		return nil, err
-	}
-	var conn net.Conn
-	if proxy != nil {
-		conn, err = c.dialProxy(ctx, proxy, addr)
-	} else {
-		conn, err = c.dialTCP(ctx, "tcp", addr)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("relay %s: %w", addr, err)
-	}
-	if c.tls == nil {
-		return conn, nil
-	}
-	cfg := c.tls
-	if host != c.ep.Host {
-		cfg = cfg.Clone()
-		cfg.ServerName = host
-	}
-	tc := tls.Client(conn, cfg)
-	hctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("relay %s: tls: %w", addr, err)
-	}
-	return tc, nil
-}
-
-// handshake sends the preface and f in one write, reads the relay's Result
-// without reading past it, and leaves conn in raw mode on success.
-func handshake(ctx context.Context, conn net.Conn, f wire.Frame, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	msg := wire.Append([]byte(wire.Preface), f)
-	if _, err := conn.Write(msg); err != nil {
-		return fmt.Errorf("send %s: %w", f.Type(), err)
-	}
-	r, err := wire.Read(conn)
-	if err != nil {
-		if errors.Is(err, wire.ErrBadPreface) || errors.Is(err, wire.ErrMalformed) {
-			return err
-		}
-		return fmt.Errorf("await answer to %s: %w", f.Type(), err)
-	}
-	res, ok := r.(*wire.Result)
-	if !ok {
-		return fmt.Errorf("%w: expected RESULT, got %s", wire.ErrMalformed, r.Type())
-	}
-	if err := res.Err(); err != nil {
-		return err
-	}
-	if !stop() {
-		return ctx.Err()
-	}
-	conn.SetDeadline(time.Time{})
-	return nil
-}
-
-func (c *native) Open(ctx context.Context, hc, token, target string) (net.Conn, error) {
-	conn, err := c.dial(ctx, c.ep.Data)
-	if err != nil {
-		return nil, err
-	}
-	if err := handshake(ctx, conn, &wire.Open{HC: hc, Token: token, Target: target}, OpenTimeout); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return conn, nil
-}
-
-func (c *native) Check(ctx context.Context, hc, token string, right sas.Rights) error {
-	conn, err := c.dial(ctx, c.ep.Data)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return handshake(ctx, conn, &wire.Check{HC: hc, Token: token, Right: uint8(right)}, HandshakeTimeout)
-}
-
-func (c *native) Listen(ctx context.Context, agent, version string) (Control, error) {
-	conn, err := c.dial(ctx, c.ep.Control)
-	if err != nil {
-		return nil, err
-	}
-	if err := handshake(ctx, conn, &wire.Hello{Agent: agent, Version: version}, HandshakeTimeout); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	ctl := &control{
-		client:  c,
-		conn:    conn,
-		out:     make(chan wire.Frame, 64),
-		events:  make(chan Event, 64),
-		done:    make(chan struct{}),
-		waiters: map[string][]chan error{},
-	}
-	go ctl.readLoop()
-	go ctl.writeLoop()
-	return ctl, nil
-}
-
-type control struct {
-	client *native
-	conn   net.Conn
-	out    chan wire.Frame
-	events chan Event
-
-	mu      sync.Mutex
-	waiters map[string][]chan error // hc → Attach/Renew calls awaiting ATTACHED, in order
-	err     error
-	once    sync.Once
-	done    chan struct{}
-}
-
-func (c *control) Events() <-chan Event  { return c.events }
-func (c *control) Done() <-chan struct{} { return c.done }
-
-func (c *control) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
-
-func (c *control) fail(err error) {
-	c.once.Do(func() {
-		c.mu.Lock()
-		c.err = err
-		for hc, ws := range c.waiters {
-			for _, w := range ws {
-				w <- err
-			}
-			delete(c.waiters, hc)
-		}
-		c.mu.Unlock()
-		close(c.done)
-		c.conn.Close()
-	})
-}
-
-func (c *control) Close() error {
-	c.fail(net.ErrClosed)
-	return nil
-}
-
-func (c *control) send(f wire.Frame) error {
-	select {
-	case c.out <- f:
-		return nil
-	case <-c.done:
-		return fmt.Errorf("control channel to %s: %w", c.client, c.Err())
-	}
-}
-
-func (c *control) attach(ctx context.Context, f wire.Frame, hc string) error {
-	w := make(chan error, 1)
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return c.err
-	}
-	c.waiters[hc] = append(c.waiters[hc], w)
-	c.mu.Unlock()
-	if err := c.send(f); err != nil {
-		return err
-	}
-	t := time.NewTimer(HandshakeTimeout)
-	defer t.Stop()
-	select {
-	case err := <-w:
-		return err
-	case <-t.C:
-		c.fail(fmt.Errorf("relay %s did not answer %s for %q within %s", c.client, f.Type(), hc, HandshakeTimeout))
-		return c.Err()
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (c *control) Attach(ctx context.Context, hc, token string) error {
-	return c.attach(ctx, &wire.Attach{HC: hc, Token: token}, hc)
-}
-
-func (c *control) Renew(ctx context.Context, hc, token string) error {
-	return c.attach(ctx, &wire.Renew{HC: hc, Token: token}, hc)
-}
-
-func (c *control) Detach(hc string) error { return c.send(&wire.Detach{HC: hc}) }
-
-func (c *control) Reject(id StreamID, code status.Code, msg string) error {
-	return c.send(&wire.Reject{ID: id, Code: code, Msg: msg})
-}
-
-func (c *control) Join(ctx context.Context, a *Accept, token string) (net.Conn, error) {
-	conn, err := c.client.dial(ctx, c.client.ep.Data)
-	if err != nil {
-		return nil, err
-	}
-	if err := handshake(ctx, conn, &wire.Join{ID: a.ID, HC: a.HC, Token: token}, HandshakeTimeout); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return conn, nil
-}
-
-func (c *control) readLoop() {
-	defer close(c.events)
-	br := bufio.NewReader(c.conn)
-	for {
-		c.conn.SetReadDeadline(time.Now().Add(3 * PingInterval))
-		f, err := wire.Read(br)
-		if err != nil {
-			c.fail(fmt.Errorf("control channel to %s: %w", c.client, err))
-			return
-		}
-		switch f := f.(type) {
-		case *wire.Accept:
-			select {
-			case c.events <- Event{Accept: f}:
-			case <-c.done:
-				return
-			}
-		case *wire.Attached:
-			c.mu.Lock()
-			var w chan error
-			if ws := c.waiters[f.HC]; len(ws) > 0 {
-				w = ws[0]
-				if len(ws) == 1 {
-					delete(c.waiters, f.HC)
-				} else {
-					c.waiters[f.HC] = ws[1:]
-				}
-			}
-			c.mu.Unlock()
-			var err error
-			if f.Code != status.OK {
-				err = &status.Error{Code: f.Code, Msg: f.Msg}
-			}
-			if w != nil {
-				w <- err
-			} else if err != nil {
-				select {
-				case c.events <- Event{Detached: &Detached{HC: f.HC, Err: err}}:
-				case <-c.done:
-					return
-				}
-			}
-		case *wire.Ping:
-			c.send(&wire.Pong{Nonce: f.Nonce})
-		case *wire.Pong:
-		default:
-			c.fail(fmt.Errorf("control channel to %s: unexpected %s", c.client, f.Type()))
-			return
-		}
-	}
-}
-
-func (c *control) writeLoop() {
-	ping := time.NewTicker(PingInterval)
-	defer ping.Stop()
-	var nonce uint64
-	for {
-		var f wire.Frame
-		select {
-		case <-c.done:
-			return
-		case f = <-c.out:
-		case <-ping.C:
-			nonce++
-			f = &wire.Ping{Nonce: nonce}
-		}
-		c.conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
-		if err := wire.Write(c.conn, f); err != nil {
-			c.fail(fmt.Errorf("control channel to %s: %w", c.client, err))
-			return
-		}
-	}
-}

@@ -192,17 +192,39 @@ func refusal(wc *watchConn) error {
 	return &status.Error{Code: code, Msg: msg}
 }
 
+func (c *wsClient) Transport() string { return TransportWebSocket }
+
 func (c *wsClient) Open(ctx context.Context, hc, token, target string) (net.Conn, error) {
+	return c.OpenStream(ctx, OpenRequest{HC: hc, Token: token, Target: target})
+}
+
+// OpenStream opens a sender's WebSocket. Sessions and warm connections are
+// native only; early data is simply the stream's first bytes.
+func (c *wsClient) OpenStream(ctx context.Context, req OpenRequest) (net.Conn, error) {
 	h := http.Header{}
-	h.Set(headerAuth, token)
-	if target != "" {
-		h.Set(headerTarget, target)
+	h.Set(headerAuth, req.Token)
+	if req.Target != "" {
+		h.Set(headerTarget, req.Target)
 	}
-	ws, _, err := c.dialWS(ctx, c.url(hc, "connect"), h, OpenTimeout)
+	ws, _, err := c.dialWS(ctx, c.url(req.HC, "connect"), h, OpenTimeout)
 	if err != nil {
 		return nil, err
 	}
+	if len(req.Early) > 0 {
+		ws.SetWriteDeadline(deadlineOf(ctx, HandshakeTimeout))
+		_, err := ws.Write(req.Early)
+		ws.SetWriteDeadline(time.Time{})
+		if err != nil {
+			ws.Close()
+			return nil, fmt.Errorf("websocket %s: %w", c, err)
+		}
+	}
 	return ws, nil
+}
+
+// Connect implements Client: Azure's protocol has no sender sessions.
+func (c *wsClient) Connect(context.Context, string, string) (Control, error) {
+	return nil, ErrUnsupported
 }
 
 // Check asks the relay with hybrid's sb-hc-action=check extension (plain
@@ -288,6 +310,22 @@ type wsChan struct {
 
 func (c *wsControl) Events() <-chan Event  { return c.events }
 func (c *wsControl) Done() <-chan struct{} { return c.done }
+func (c *wsControl) Session() SessionID    { return SessionID{} }
+func (c *wsControl) Transport() string     { return TransportWebSocket }
+
+// Ack implements Control: Azure's protocol has no acknowledgement; the
+// rendezvous itself answers.
+func (c *wsControl) Ack(StreamID) error { return nil }
+
+// Health implements Control: not in Azure's protocol; the relay learns of
+// an unreachable endpoint from the rejection.
+func (c *wsControl) Health(string, status.Code, string) error { return nil }
+
+// Park implements Control: not in Azure's protocol.
+func (c *wsControl) Park(context.Context) (*Parked, error) { return nil, ErrUnsupported }
+
+// Warm implements Control: not in Azure's protocol.
+func (c *wsControl) Warm(context.Context) (*Warm, error) { return nil, ErrUnsupported }
 
 func (c *wsControl) Err() error {
 	c.mu.Lock()
@@ -664,9 +702,12 @@ func (c *wsControl) pingLoop(ch *wsChan) {
 	}
 }
 
-// auto probes the native control port and uses WebSocket when it does not
-// answer. The choice is kept for a minute, then probed again (native is
-// preferred as soon as it is back).
+// auto uses the native protocol when the control port speaks it (a probe:
+// our preface and a HELLO, answered by a WELCOME, not just an open port),
+// and Azure's WebSocket protocol otherwise. At start it retries the probe
+// for a few seconds, so a relay still starting is not taken for a blocked
+// port; the verdict is kept for autoRecheck, then probed again, and native
+// is taken back as soon as it answers.
 type auto struct {
 	native       *native
 	ws           *wsClient
@@ -675,13 +716,48 @@ type auto struct {
 
 	mu     sync.Mutex
 	chosen Client
+	why    error // why the websocket fallback, while it is chosen
 	until  time.Time
 }
 
-// autoRecheck is how long auto mode keeps a probe's verdict.
-const autoRecheck = time.Minute
+// Reprober is implemented by clients of transport auto: NativeBack probes
+// the native protocol and, if it answers, makes it the choice again. A
+// channel on the WebSocket fallback calls it now and then to move back.
+type Reprober interface {
+	NativeBack(ctx context.Context) bool
+}
+
+const (
+	// autoRecheck is how long auto mode keeps a probe's verdict.
+	autoRecheck = 30 * time.Second
+	// autoStartTries is how long the first probe keeps trying a port
+	// that does not answer at all before falling back.
+	autoStartTries = 5 * time.Second
+)
 
 func (a *auto) String() string { return a.native.String() }
+
+func (a *auto) Transport() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.chosen == nil {
+		return TransportAuto
+	}
+	return a.chosen.Transport()
+}
+
+// Fallback says why auto mode uses WebSocket now; nil on native.
+func (a *auto) Fallback() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.why
+}
+
+func (a *auto) probe(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, a.probeTimeout)
+	defer cancel()
+	return a.native.Probe(pctx)
+}
 
 func (a *auto) pick(ctx context.Context) Client {
 	a.mu.Lock()
@@ -689,33 +765,75 @@ func (a *auto) pick(ctx context.Context) Client {
 	if a.chosen != nil && time.Now().Before(a.until) {
 		return a.chosen
 	}
-	pctx, cancel := context.WithTimeout(ctx, a.probeTimeout)
-	conn, err := a.native.dial(pctx, a.native.ep.Control)
-	cancel()
+	err := a.probe(ctx)
+	if a.chosen == nil { // starting: the relay may not listen yet
+		window := autoStartTries
+		if d, ok := ctx.Deadline(); ok && time.Until(d)/2 < window {
+			window = time.Until(d) / 2 // leave the fallback time to answer too
+		}
+		for deadline := time.Now().Add(window); err != nil && notAnswering(err) && time.Now().Before(deadline) && ctx.Err() == nil; {
+			select {
+			case <-time.After(250 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			err = a.probe(ctx)
+		}
+	}
+	a.choose(err)
+	return a.chosen
+}
+
+// notAnswering reports a port that gave no answer in any protocol (refused,
+// unreachable, timed out), as opposed to one that answered in another.
+func notAnswering(err error) bool {
+	var ne net.Error
+	var oe *net.OpError
+	return errors.As(err, &oe) || errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
+}
+
+// choose records the verdict of a probe that ended with err.
+func (a *auto) choose(err error) {
 	var next Client = a.native
-	if err == nil {
-		conn.Close()
-	} else {
+	if err != nil {
 		next = a.ws
 	}
 	if next != a.chosen {
 		if next == a.ws {
-			a.log.Warn("native control port unreachable; using the websocket fallback",
+			a.log.Warn("native protocol does not answer; using the websocket fallback",
 				"relay", a.native.String(), "websocket", a.ws.String(), "error", err)
 		} else {
 			a.log.Info("using the native protocol", "relay", a.native.String())
 		}
 	}
-	a.chosen, a.until = next, time.Now().Add(autoRecheck)
-	return next
+	a.chosen, a.why, a.until = next, err, time.Now().Add(autoRecheck)
+}
+
+// NativeBack implements Reprober.
+func (a *auto) NativeBack(ctx context.Context) bool {
+	err := a.probe(ctx)
+	if err != nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.choose(nil)
+	return true
 }
 
 func (a *auto) Open(ctx context.Context, hc, token, target string) (net.Conn, error) {
 	return a.pick(ctx).Open(ctx, hc, token, target)
 }
 
-func (a *auto) Listen(ctx context.Context, agent, version string) (Control, error) {
-	return a.pick(ctx).Listen(ctx, agent, version)
+func (a *auto) OpenStream(ctx context.Context, req OpenRequest) (net.Conn, error) {
+	return a.pick(ctx).OpenStream(ctx, req)
+}
+
+func (a *auto) Listen(ctx context.Context, name, version string) (Control, error) {
+	return a.pick(ctx).Listen(ctx, name, version)
+}
+
+func (a *auto) Connect(ctx context.Context, name, version string) (Control, error) {
+	return a.pick(ctx).Connect(ctx, name, version)
 }
 
 func (a *auto) Check(ctx context.Context, hc, token string, right sas.Rights) error {

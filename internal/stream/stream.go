@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -28,40 +29,40 @@ type Counts struct {
 // moves the bytes with splice(2), without copying them through user space.
 // Callers must therefore pass the raw connections, not wrappers.
 func Pipe(a, b net.Conn) Counts {
-	var c Counts
-	var wg sync.WaitGroup
-	var once sync.Once
-	closeBoth := func() {
-		once.Do(func() {
-			a.Close()
-			b.Close()
-		})
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		c.BToA = copyHalf(a, b, closeBoth)
-	}()
-	c.AToB = copyHalf(b, a, closeBoth)
-	wg.Wait()
-	closeBoth()
-	return c
+	j := NewJoint(a, b)
+	go j.CopyBToA()
+	j.CopyAToB()
+	<-j.Done()
+	return Counts{AToB: j.AToB.Load(), BToA: j.BToA.Load()}
 }
 
-func copyHalf(dst, src net.Conn, abort func()) int64 {
-	n, err := io.Copy(dst, src)
-	if err != nil { // io.Copy returns nil at EOF: anything else ends the stream
+// countChunk is how often a running copy reports its bytes. io.CopyN keeps
+// splice(2): the kernel path takes an *io.LimitedReader of a TCP conn.
+const countChunk = 1 << 20
+
+// copyHalf copies src to dst like copyHalf, adding to count as it
+// goes rather than only at the end.
+func copyHalf(dst, src net.Conn, abort func(), count *atomic.Int64) {
+	var err error
+	for {
+		var n int64
+		n, err = io.CopyN(dst, src, countChunk)
+		count.Add(n)
+		if err != nil || n < countChunk {
+			break
+		}
+	}
+	if err != nil && err != io.EOF { // EOF is the clean end: anything else ends the stream
 		abort()
-		return n
+		return
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		if cw.CloseWrite() == nil {
-			return n
+			return
 		}
 	}
 	// The destination cannot half-close (or failed to): end the stream.
 	abort()
-	return n
 }
 
 // IsClosed reports whether err only says that a connection ended: EOF, a
@@ -90,4 +91,63 @@ func Drain(wg *sync.WaitGroup, grace time.Duration, cut func() int) int {
 	n := cut()
 	<-done
 	return n
+}
+
+// Joint is a stream's two connections copied by two goroutines the caller
+// owns (typically the two that read each side's handshake), with Pipe's
+// semantics: each direction half-closes its destination at EOF, a failed
+// direction closes both, and both are closed once both directions end.
+type Joint struct {
+	a, b net.Conn
+	once sync.Once
+	left atomic.Int32
+	done chan struct{}
+	AToB atomic.Int64 // bytes copied so far, a to b (updated at least every countChunk)
+	BToA atomic.Int64 // bytes copied so far, b to a
+}
+
+// NewJoint prepares copying between a and b. Each of CopyAToB and CopyBToA
+// must be called exactly once, each on its own goroutine (or Abort instead
+// of one that will not run).
+func NewJoint(a, b net.Conn) *Joint {
+	j := &Joint{a: a, b: b, done: make(chan struct{})}
+	j.left.Store(2)
+	return j
+}
+
+// CopyAToB copies a to b until a ends.
+func (j *Joint) CopyAToB() { j.copy(j.b, j.a, &j.AToB) }
+
+// CopyBToA copies b to a until b ends.
+func (j *Joint) CopyBToA() { j.copy(j.a, j.b, &j.BToA) }
+
+// Abort stands for a copy that will not run: the stream ends.
+func (j *Joint) Abort() {
+	j.closeBoth()
+	j.finish()
+}
+
+// Close ends the stream at once (revocation, shutdown).
+func (j *Joint) Close() { j.closeBoth() }
+
+// Done is closed when both directions have ended.
+func (j *Joint) Done() <-chan struct{} { return j.done }
+
+func (j *Joint) closeBoth() {
+	j.once.Do(func() {
+		j.a.Close()
+		j.b.Close()
+	})
+}
+
+func (j *Joint) finish() {
+	if j.left.Add(-1) == 0 {
+		j.closeBoth()
+		close(j.done)
+	}
+}
+
+func (j *Joint) copy(dst, src net.Conn, count *atomic.Int64) {
+	defer j.finish()
+	copyHalf(dst, src, j.closeBoth, count)
 }

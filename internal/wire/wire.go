@@ -1,26 +1,34 @@
 // Package wire implements hybrid's native binary protocol: the frames spoken
-// on the relay's control port (agent ⇄ relay) and at the start of every
-// connection to its data port (proxy → relay, agent → relay). It knows frames
-// only; what they mean is decided by the relay core and the clients.
+// on the relay's control port (agent or proxy ⇄ relay) and at the start of
+// every connection to its data port (proxy → relay, agent → relay). It knows
+// frames only; what they mean is decided by the relay core and the clients.
 //
-// Protocol flow (docs/protocol.md has the full specification):
+// Protocol flow, version 2 (docs/protocol.md has the full specification):
 //
-//	control channel, one per agent per relay, frames until either side closes:
-//	  agent → relay   preface "HYB\x01", HELLO{agent, version}
-//	  relay → agent   RESULT{ok}
-//	  agent → relay   ATTACH{hc, token}          per hybrid connection served
-//	  relay → agent   ATTACHED{hc, code, msg}    (also sent unprompted on revocation/expiry)
-//	  agent → relay   RENEW{hc, token}           before the token expires → ATTACHED
-//	  agent → relay   DETACH{hc}
-//	  relay → agent   ACCEPT{id, hc, target, key, addr}   a sender wants a stream
+//	control channel, one per agent (or proxy) per relay, frames until either side closes:
+//	  client → relay  preface "HYB\x02", HELLO{role, name, version}
+//	  relay → client  WELCOME{session, relay, ping_ms}   (or RESULT{code} refusing)
+//	  client → relay  ATTACH{hc, token}          listen (agent) or send (proxy) right
+//	  relay → client  ATTACHED{hc, code, msg}    (also sent unprompted on revocation/expiry)
+//	  client → relay  RENEW{hc, token}           before the token expires → ATTACHED
+//	  client → relay  DETACH{hc}
+//	  relay → agent   ACCEPT{id, hc, target, key, addr, early}   a sender wants a stream
+//	  agent → relay   ACK{id}                    alive, still dialling the resource
 //	  agent → relay   REJECT{id, code, msg}      the agent will not serve it
+//	  agent → relay   HEALTH{hc, code, msg}      its endpoint is (un)reachable
+//	  relay → client  GOAWAY{code, msg}          relay stopping: connect a new channel now
 //	  either          PING{n} → PONG{n}
 //
-//	data connection, one per stream; one frame each way, then raw bytes:
-//	  proxy → relay   preface, OPEN{hc, token, target}
-//	  agent → relay   preface, JOIN{id, hc, token}      after dialling the resource
-//	  relay → agent   RESULT{code, msg}   ok: raw bytes follow
-//	  relay → proxy   RESULT{code, msg}   ok: raw bytes follow
+//	data connection, one per stream; frames, then raw bytes:
+//	  proxy → relay   preface, OPEN{hc, token, target, session, early}
+//	  relay → proxy   PROGRESS (zero or more: the agent is dialling), then RESULT{code, msg}
+//	  agent → relay   preface, JOIN{id, hc, token}      after ACCEPT on the control channel
+//	  relay → agent   RESULT{code, msg}
+//	  agent → relay   preface, PARK{session}    a pre-opened connection for the next stream
+//	  relay → agent   ACCEPT{..., early}        on the parked connection, when a stream comes
+//	  agent → relay   ACK (optional), then RESULT{code, msg}
+//	  proxy → relay   preface, WARM{session}    a pre-opened connection; OPEN follows later
+//	  after an ok RESULT each side carries raw bytes.
 //
 //	data connection for a credentials check (hybrid diagnose), nothing after:
 //	  client → relay  preface, CHECK{hc, token, right}
@@ -28,9 +36,10 @@
 //
 // Every frame is a 5-byte header — type (1 byte) and payload length (uint32,
 // big endian) — and a payload of fields: strings as uint16 length + bytes,
-// codes as one byte, nonces as uint64, stream ids as 16 bytes. Read never
-// reads past the end of the frame it returns, so a data connection can turn
-// into a raw byte stream right after its handshake with nothing lost.
+// byte strings as uint32 length + bytes, codes as one byte, nonces as uint64,
+// stream and session ids as 16 bytes. Read never reads past the end of the
+// frame it returns, so a data connection can turn into a raw byte stream
+// right after its handshake with nothing lost.
 package wire
 
 import (
@@ -44,16 +53,25 @@ import (
 )
 
 // Preface opens every connection to the relay's native ports: the protocol
-// name and version 1. A peer that sends anything else is refused before any
+// name and version 2. A peer that sends anything else is refused before any
 // frame is parsed.
-const Preface = "HYB\x01"
+const Preface = "HYB\x02"
+
+// PrefaceV1 is the preface of protocol version 1. A relay answers it with a
+// RESULT of status.Version, so an old client says why it cannot connect.
+const PrefaceV1 = "HYB\x01"
 
 // MaxPayload caps a frame's payload. Handshake frames are small (a token is
-// well under 1 KiB); the cap bounds what a hostile peer can make us allocate.
-const MaxPayload = 16 << 10
+// well under 1 KiB, early data at most MaxEarly); the cap bounds what a
+// hostile peer can make us allocate.
+const MaxPayload = 32 << 10
 
 // MaxString caps each string field.
 const MaxString = 4 << 10
+
+// MaxEarly caps the early data an OPEN or ACCEPT carries: the app's first
+// bytes, sent with the handshake so they need no round trip of their own.
+const MaxEarly = 16 << 10
 
 const headerLen = 5
 
@@ -69,19 +87,27 @@ const (
 	TypePing     Type = 0x05
 	TypePong     Type = 0x06
 	TypeReject   Type = 0x07
+	TypeHealth   Type = 0x08
+	TypeAck      Type = 0x09
 	TypeAccept   Type = 0x11
 	TypeAttached Type = 0x12
+	TypeWelcome  Type = 0x13
+	TypeGoAway   Type = 0x14
 	TypeOpen     Type = 0x21
 	TypeJoin     Type = 0x22
 	TypeResult   Type = 0x23
 	TypeCheck    Type = 0x24
+	TypePark     Type = 0x25
+	TypeWarm     Type = 0x26
+	TypeProgress Type = 0x27
 )
 
 var typeNames = map[Type]string{
 	TypeHello: "HELLO", TypeAttach: "ATTACH", TypeDetach: "DETACH", TypeRenew: "RENEW",
-	TypePing: "PING", TypePong: "PONG", TypeReject: "REJECT", TypeAccept: "ACCEPT",
-	TypeAttached: "ATTACHED", TypeOpen: "OPEN", TypeJoin: "JOIN", TypeResult: "RESULT",
-	TypeCheck: "CHECK",
+	TypePing: "PING", TypePong: "PONG", TypeReject: "REJECT", TypeHealth: "HEALTH", TypeAck: "ACK",
+	TypeAccept: "ACCEPT", TypeAttached: "ATTACHED", TypeWelcome: "WELCOME", TypeGoAway: "GOAWAY",
+	TypeOpen: "OPEN", TypeJoin: "JOIN", TypeResult: "RESULT", TypeCheck: "CHECK",
+	TypePark: "PARK", TypeWarm: "WARM", TypeProgress: "PROGRESS",
 }
 
 // String returns the frame type's name.
@@ -95,6 +121,7 @@ func (t Type) String() string {
 // Errors returned by Read and ReadPreface.
 var (
 	ErrBadPreface = errors.New("wire: not a hybrid native connection (bad preface)")
+	ErrOldVersion = errors.New("wire: hybrid protocol version 1 (this side speaks version 2)")
 	ErrTooLarge   = errors.New("wire: frame too large")
 	ErrMalformed  = errors.New("wire: malformed frame")
 	ErrUnknown    = errors.New("wire: unknown frame type")
@@ -107,6 +134,27 @@ type StreamID [16]byte
 // String returns the id in hex.
 func (id StreamID) String() string { return hex.EncodeToString(id[:]) }
 
+// SessionID names one control channel at a relay. It is random and only
+// travels inside that channel's WELCOME: a PARK or WARM carrying it comes
+// from the same client.
+type SessionID [16]byte
+
+// String returns the id in hex.
+func (id SessionID) String() string { return hex.EncodeToString(id[:]) }
+
+// IsZero reports whether id is the zero id ("no session").
+func (id SessionID) IsZero() bool { return id == SessionID{} }
+
+// Role says what a control channel's client is.
+type Role uint8
+
+// Roles of HELLO.
+const (
+	RoleAgent  Role = 1 // serves hybrid connections (listen right)
+	RoleSender Role = 2 // opens streams (send right): the proxy
+	RoleProbe  Role = 3 // only asks whether the native protocol answers; the relay closes after WELCOME
+)
+
 // Frame is one protocol message.
 type Frame interface {
 	// Type returns the frame's type byte.
@@ -117,11 +165,28 @@ type Frame interface {
 
 // Hello opens a control channel.
 type Hello struct {
-	Agent   string // a name for logs, e.g. the agent's host name
-	Version string // the agent's software version
+	Role    Role
+	Name    string // a stable name for logs and status, e.g. agent.id or the host name
+	Version string // the client's software version
 }
 
-// Attach asks to listen for a hybrid connection with a listen token.
+// Welcome accepts a Hello.
+type Welcome struct {
+	Session SessionID // this channel's id, for PARK and WARM
+	Relay   string    // the relay's id (its fleet id or host name)
+	PingMS  uint32    // the relay pings this often; silence for two intervals ends the channel
+}
+
+// GoAway tells a client the relay is stopping: it should open a new
+// control channel (here or elsewhere) now. The relay keeps this one, and
+// the streams on it, for a while.
+type GoAway struct {
+	Code status.Code
+	Msg  string
+}
+
+// Attach asks to listen for (agent) or send to (proxy) a hybrid connection
+// with a token.
 type Attach struct{ HC, Token string }
 
 // Detach stops listening for a hybrid connection.
@@ -133,6 +198,14 @@ type Renew struct{ HC, Token string }
 // Attached answers Attach and Renew, and is sent unprompted when the relay
 // ends an attachment (revoked key, expired token): Code is then not OK.
 type Attached struct {
+	HC   string
+	Code status.Code
+	Msg  string
+}
+
+// Health reports whether the agent reaches what it publishes for HC: OK,
+// or status.Unreachable while its dials fail.
+type Health struct {
 	HC   string
 	Code status.Code
 	Msg  string
@@ -151,7 +224,13 @@ type Accept struct {
 	Target     string // requested host:port; empty means "the published endpoint"
 	SenderKey  string // key name the sender authenticated with
 	SenderAddr string // sender's address as seen by the relay
+	Early      []byte // the app's first bytes (on a parked connection only)
 }
+
+// Ack tells the relay the agent is alive and dialling the resource of
+// stream ID: the relay then waits for the dial rather than trying another
+// agent.
+type Ack struct{ ID StreamID }
 
 // Reject tells the relay the agent will not serve stream ID.
 type Reject struct {
@@ -161,7 +240,15 @@ type Reject struct {
 }
 
 // Open starts a stream from a sender.
-type Open struct{ HC, Token, Target string }
+type Open struct {
+	HC, Token, Target string
+	// Session links the stream to the sender's control channel, so that
+	// the channel's later proofs of a rotated key keep it alive; zero for
+	// none.
+	Session SessionID
+	// Early holds the app's first bytes, at most MaxEarly.
+	Early []byte
+}
 
 // Join attaches an agent's data connection to stream ID.
 type Join struct {
@@ -169,6 +256,16 @@ type Join struct {
 	HC    string
 	Token string
 }
+
+// Park offers a data connection for the next stream of the session's agent.
+type Park struct{ Session SessionID }
+
+// Warm opens a data connection for a later OPEN of the session's sender.
+type Warm struct{ Session SessionID }
+
+// Progress tells a sender its stream is being set up (the agent is dialling
+// the resource): keep waiting.
+type Progress struct{}
 
 // Check asks the relay whether token grants Right (1 listen, 2 send) on HC,
 // without opening anything: it is how `hybrid diagnose` tests a key.
@@ -178,8 +275,9 @@ type Check struct {
 	Right uint8
 }
 
-// Result answers Hello, Open, Join and Check. After an OK Result on a data
-// connection, the connection carries raw stream bytes.
+// Result answers Hello (as a refusal), Open, Join, Check and an ACCEPT on a
+// parked connection. After an OK Result on a data connection, the
+// connection carries raw stream bytes.
 type Result struct {
 	Code status.Code
 	Msg  string
@@ -194,73 +292,104 @@ func (r *Result) Err() error {
 }
 
 func (*Hello) Type() Type    { return TypeHello }
+func (*Welcome) Type() Type  { return TypeWelcome }
+func (*GoAway) Type() Type   { return TypeGoAway }
 func (*Attach) Type() Type   { return TypeAttach }
 func (*Detach) Type() Type   { return TypeDetach }
 func (*Renew) Type() Type    { return TypeRenew }
 func (*Attached) Type() Type { return TypeAttached }
+func (*Health) Type() Type   { return TypeHealth }
 func (*Ping) Type() Type     { return TypePing }
 func (*Pong) Type() Type     { return TypePong }
 func (*Accept) Type() Type   { return TypeAccept }
+func (*Ack) Type() Type      { return TypeAck }
 func (*Reject) Type() Type   { return TypeReject }
 func (*Open) Type() Type     { return TypeOpen }
 func (*Join) Type() Type     { return TypeJoin }
+func (*Park) Type() Type     { return TypePark }
+func (*Warm) Type() Type     { return TypeWarm }
+func (*Progress) Type() Type { return TypeProgress }
 func (*Result) Type() Type   { return TypeResult }
 func (*Check) Type() Type    { return TypeCheck }
 
 func (f *Hello) appendPayload(b []byte) []byte {
-	return appendStr(appendStr(b, f.Agent), f.Version)
+	return appendStr(appendStr(append(b, byte(f.Role)), f.Name), f.Version)
 }
+func (f *Welcome) appendPayload(b []byte) []byte {
+	return binary.BigEndian.AppendUint32(appendStr(append(b, f.Session[:]...), f.Relay), f.PingMS)
+}
+func (f *GoAway) appendPayload(b []byte) []byte { return appendStr(append(b, byte(f.Code)), f.Msg) }
 func (f *Attach) appendPayload(b []byte) []byte { return appendStr(appendStr(b, f.HC), f.Token) }
 func (f *Detach) appendPayload(b []byte) []byte { return appendStr(b, f.HC) }
 func (f *Renew) appendPayload(b []byte) []byte  { return appendStr(appendStr(b, f.HC), f.Token) }
 func (f *Attached) appendPayload(b []byte) []byte {
 	return appendStr(append(appendStr(b, f.HC), byte(f.Code)), f.Msg)
 }
+func (f *Health) appendPayload(b []byte) []byte {
+	return appendStr(append(appendStr(b, f.HC), byte(f.Code)), f.Msg)
+}
 func (f *Ping) appendPayload(b []byte) []byte { return binary.BigEndian.AppendUint64(b, f.Nonce) }
 func (f *Pong) appendPayload(b []byte) []byte { return binary.BigEndian.AppendUint64(b, f.Nonce) }
 func (f *Accept) appendPayload(b []byte) []byte {
 	b = append(b, f.ID[:]...)
-	return appendStr(appendStr(appendStr(appendStr(b, f.HC), f.Target), f.SenderKey), f.SenderAddr)
+	b = appendStr(appendStr(appendStr(appendStr(b, f.HC), f.Target), f.SenderKey), f.SenderAddr)
+	return appendBytes(b, f.Early)
 }
+func (f *Ack) appendPayload(b []byte) []byte { return append(b, f.ID[:]...) }
 func (f *Reject) appendPayload(b []byte) []byte {
 	return appendStr(append(append(b, f.ID[:]...), byte(f.Code)), f.Msg)
 }
 func (f *Open) appendPayload(b []byte) []byte {
-	return appendStr(appendStr(appendStr(b, f.HC), f.Token), f.Target)
+	b = appendStr(appendStr(appendStr(b, f.HC), f.Token), f.Target)
+	return appendBytes(append(b, f.Session[:]...), f.Early)
 }
 func (f *Join) appendPayload(b []byte) []byte {
 	return appendStr(appendStr(append(b, f.ID[:]...), f.HC), f.Token)
 }
-func (f *Result) appendPayload(b []byte) []byte { return appendStr(append(b, byte(f.Code)), f.Msg) }
+func (f *Park) appendPayload(b []byte) []byte     { return append(b, f.Session[:]...) }
+func (f *Warm) appendPayload(b []byte) []byte     { return append(b, f.Session[:]...) }
+func (f *Progress) appendPayload(b []byte) []byte { return b }
+func (f *Result) appendPayload(b []byte) []byte   { return appendStr(append(b, byte(f.Code)), f.Msg) }
 func (f *Check) appendPayload(b []byte) []byte {
 	return append(appendStr(appendStr(b, f.HC), f.Token), f.Right)
 }
 
-func (f *Hello) decode(d *decoder)    { f.Agent, f.Version = d.str(), d.str() }
+func (f *Hello) decode(d *decoder) { f.Role, f.Name, f.Version = Role(d.u8()), d.str(), d.str() }
+func (f *Welcome) decode(d *decoder) {
+	f.Session, f.Relay, f.PingMS = SessionID(d.id()), d.str(), d.u32()
+}
+func (f *GoAway) decode(d *decoder)   { f.Code, f.Msg = d.code(), d.str() }
 func (f *Attach) decode(d *decoder)   { f.HC, f.Token = d.str(), d.str() }
 func (f *Detach) decode(d *decoder)   { f.HC = d.str() }
 func (f *Renew) decode(d *decoder)    { f.HC, f.Token = d.str(), d.str() }
 func (f *Attached) decode(d *decoder) { f.HC, f.Code, f.Msg = d.str(), d.code(), d.str() }
+func (f *Health) decode(d *decoder)   { f.HC, f.Code, f.Msg = d.str(), d.code(), d.str() }
 func (f *Ping) decode(d *decoder)     { f.Nonce = d.u64() }
 func (f *Pong) decode(d *decoder)     { f.Nonce = d.u64() }
 func (f *Accept) decode(d *decoder) {
 	f.ID, f.HC, f.Target, f.SenderKey, f.SenderAddr = d.id(), d.str(), d.str(), d.str(), d.str()
+	f.Early = d.bytes()
 }
+func (f *Ack) decode(d *decoder)    { f.ID = d.id() }
 func (f *Reject) decode(d *decoder) { f.ID, f.Code, f.Msg = d.id(), d.code(), d.str() }
-func (f *Open) decode(d *decoder)   { f.HC, f.Token, f.Target = d.str(), d.str(), d.str() }
-func (f *Join) decode(d *decoder)   { f.ID, f.HC, f.Token = d.id(), d.str(), d.str() }
-func (f *Result) decode(d *decoder) { f.Code, f.Msg = d.code(), d.str() }
-func (f *Check) decode(d *decoder) {
-	f.HC, f.Token = d.str(), d.str()
-	if b := d.take(1); b != nil {
-		f.Right = b[0]
-	}
+func (f *Open) decode(d *decoder) {
+	f.HC, f.Token, f.Target, f.Session, f.Early = d.str(), d.str(), d.str(), SessionID(d.id()), d.bytes()
 }
+func (f *Join) decode(d *decoder)     { f.ID, f.HC, f.Token = d.id(), d.str(), d.str() }
+func (f *Park) decode(d *decoder)     { f.Session = SessionID(d.id()) }
+func (f *Warm) decode(d *decoder)     { f.Session = SessionID(d.id()) }
+func (f *Progress) decode(d *decoder) {}
+func (f *Result) decode(d *decoder)   { f.Code, f.Msg = d.code(), d.str() }
+func (f *Check) decode(d *decoder)    { f.HC, f.Token, f.Right = d.str(), d.str(), d.u8() }
 
 func newFrame(t Type) Frame {
 	switch t {
 	case TypeHello:
 		return new(Hello)
+	case TypeWelcome:
+		return new(Welcome)
+	case TypeGoAway:
+		return new(GoAway)
 	case TypeAttach:
 		return new(Attach)
 	case TypeDetach:
@@ -269,18 +398,28 @@ func newFrame(t Type) Frame {
 		return new(Renew)
 	case TypeAttached:
 		return new(Attached)
+	case TypeHealth:
+		return new(Health)
 	case TypePing:
 		return new(Ping)
 	case TypePong:
 		return new(Pong)
 	case TypeAccept:
 		return new(Accept)
+	case TypeAck:
+		return new(Ack)
 	case TypeReject:
 		return new(Reject)
 	case TypeOpen:
 		return new(Open)
 	case TypeJoin:
 		return new(Join)
+	case TypePark:
+		return new(Park)
+	case TypeWarm:
+		return new(Warm)
+	case TypeProgress:
+		return new(Progress)
 	case TypeResult:
 		return new(Result)
 	case TypeCheck:
@@ -320,10 +459,13 @@ func ReadPreface(r io.Reader) error {
 	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return fmt.Errorf("read preface: %w", err)
 	}
-	if string(b[:]) != Preface {
-		return ErrBadPreface
+	switch string(b[:]) {
+	case Preface:
+		return nil
+	case PrefaceV1:
+		return ErrOldVersion
 	}
-	return nil
+	return ErrBadPreface
 }
 
 // Read reads one frame. It reads exactly the frame's bytes and nothing more,
@@ -362,6 +504,15 @@ func Decode(t Type, payload []byte) (Frame, error) {
 		return nil, fmt.Errorf("%w: %s: %d trailing bytes", ErrMalformed, t, len(d.b))
 	}
 	return f, nil
+}
+
+// appendBytes appends a byte string, truncated to MaxEarly.
+func appendBytes(b, v []byte) []byte {
+	if len(v) > MaxEarly {
+		v = v[:MaxEarly]
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+	return append(b, v...)
 }
 
 func appendStr(b []byte, s string) []byte {
@@ -405,6 +556,39 @@ func (d *decoder) str() string {
 	return string(d.take(n))
 }
 
+// bytes reads a byte string of at most MaxEarly bytes; an empty one is nil.
+func (d *decoder) bytes() []byte {
+	l := d.take(4)
+	if l == nil {
+		return nil
+	}
+	n := binary.BigEndian.Uint32(l)
+	if n > MaxEarly {
+		d.err = fmt.Errorf("byte string of %d bytes (max %d)", n, MaxEarly)
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	return d.take(int(n))
+}
+
+func (d *decoder) u8() uint8 {
+	b := d.take(1)
+	if b == nil {
+		return 0
+	}
+	return b[0]
+}
+
+func (d *decoder) u32() uint32 {
+	b := d.take(4)
+	if b == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint32(b)
+}
+
 func (d *decoder) code() status.Code {
 	b := d.take(1)
 	if b == nil {
@@ -425,8 +609,8 @@ func (d *decoder) u64() uint64 {
 	return binary.BigEndian.Uint64(b)
 }
 
-func (d *decoder) id() StreamID {
-	var id StreamID
+func (d *decoder) id() [16]byte {
+	var id [16]byte
 	copy(id[:], d.take(16))
 	return id
 }

@@ -16,7 +16,16 @@ import (
 func sampleFrames() []Frame {
 	id := StreamID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
 	return []Frame{
-		&Hello{Agent: "onprem-1", Version: "1.2.3"},
+		&Hello{Role: RoleAgent, Name: "onprem-1", Version: "1.2.3"},
+		&Welcome{Session: SessionID{9, 9}, Relay: "relay-a", PingMS: 5000},
+		&GoAway{Code: status.ShuttingDown, Msg: "relay is stopping"},
+		&Health{HC: "postgres", Code: status.Unreachable, Msg: "dial: refused"},
+		&Ack{ID: id},
+		&Park{Session: SessionID{1}},
+		&Warm{Session: SessionID{2}},
+		&Progress{},
+		&Open{HC: "postgres", Token: "tok", Target: "h:1", Session: SessionID{3}, Early: []byte("GET / HTTP/1.1\r\n")},
+		&Accept{ID: id, HC: "postgres", Early: []byte{0, 1, 2}},
 		&Attach{HC: "postgres", Token: "SharedAccessSignature sr=x&sig=y&se=1&skn=k"},
 		&Detach{HC: "postgres"},
 		&Renew{HC: "sql/suffix", Token: "t"},
@@ -98,6 +107,8 @@ func TestRejects(t *testing.T) {
 		{"trailing bytes", append(hdr(TypeDetach, 3), 0, 0, 1), ErrMalformed},
 		{"string over cap", append(hdr(TypeDetach, uint32(len(longStr))), longStr...), ErrMalformed},
 		{"unknown code", append(hdr(TypeResult, 3), 200, 0, 0), ErrMalformed},
+		{"park with trailing bytes", append(hdr(TypePark, 20), make([]byte, 20)...), ErrMalformed},
+		{"bytes length over cap", append(append(hdr(TypeOpen, 2+2+2+16+4), make([]byte, 6+16)...), 0, 1, 0, 0), ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -110,13 +121,16 @@ func TestRejects(t *testing.T) {
 }
 
 func TestPreface(t *testing.T) {
-	for _, in := range []string{"GET / HTTP/1.1\r\n", "\x16\x03\x01\x02", "HYB\x02", ""} {
+	for _, in := range []string{"GET / HTTP/1.1\r\n", "\x16\x03\x01\x02", "HYB\x03", ""} {
 		if err := ReadPreface(strings.NewReader(in)); err == nil {
 			t.Errorf("preface %q accepted", in)
 		}
 	}
 	if err := ReadPreface(strings.NewReader(Preface)); err != nil {
 		t.Errorf("valid preface refused: %v", err)
+	}
+	if err := ReadPreface(strings.NewReader(PrefaceV1)); !errors.Is(err, ErrOldVersion) {
+		t.Errorf("version 1 preface: %v, want ErrOldVersion", err)
 	}
 }
 

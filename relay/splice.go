@@ -1,0 +1,190 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/stream"
+)
+
+// activeStream is a stream being copied, as revocation needs to judge it.
+type activeStream struct {
+	id                          StreamID
+	hc                          string
+	joint                       *stream.Joint
+	agentSession, senderSession *Session // the senderSession may be nil
+	senderGrant, listenerGrant  Grant    // guarded by Core.mu
+	senderKey                   string
+	start                       time.Time
+}
+
+func (st *activeStream) cut() { st.joint.Close() }
+
+// Splice tells both sides the stream is established and copies bytes between
+// them until it ends. It owns and closes both connections. The calling
+// goroutine copies sender to agent; the agent's side copies on its own
+// goroutine (Peer.Serve) or one started here.
+func (c *Core) Splice(pr *Pairing, sender Peer) {
+	agent := pr.Agent
+	joint := stream.NewJoint(sender.Conn, agent.Conn)
+	st := &activeStream{id: pr.ID, hc: pr.HC, joint: joint, agentSession: pr.agentSession, senderSession: pr.senderSession,
+		senderGrant: pr.senderGrant, listenerGrant: pr.listenerGrant, senderKey: pr.senderGrant.Rule, start: time.Now()}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		pr.agentSession.addActive(-1)
+		sender.Conn.Close()
+		agent.abort()
+		return
+	}
+	c.streams[st] = struct{}{}
+	c.streamWG.Add(1)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.streams, st)
+		c.mu.Unlock()
+		pr.agentSession.addActive(-1)
+		c.stats.BytesUp.Add(joint.AToB.Load())
+		c.stats.BytesDown.Add(joint.BToA.Load())
+		c.streamWG.Done()
+	}()
+
+	fail := func(what string, err error) {
+		c.log.Debug(what, "hc", pr.HC, "stream", pr.ID.String(), "error", err)
+		c.stats.StreamsFailed.Add(1)
+		sender.Conn.Close()
+		agent.abort()
+	}
+	// The agent hears first: it may start sending (a server greeting) as
+	// soon as it knows; those bytes wait in the socket until the copy runs.
+	if agent.Ready != nil {
+		if err := agent.Ready(); err != nil {
+			fail("agent side failed before the stream started", err)
+			return
+		}
+	}
+	if len(pr.early) > 0 && !agent.EarlySent {
+		agent.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_, err := agent.Conn.Write(pr.early)
+		agent.Conn.SetWriteDeadline(time.Time{})
+		if err != nil {
+			fail("agent side failed before the stream started", err)
+			return
+		}
+	}
+	if sender.Ready != nil {
+		if err := sender.Ready(); err != nil {
+			fail("sender went away before the stream started", err)
+			return
+		}
+	}
+	c.stats.StreamsOpened.Add(1)
+	if agent.Serve != nil {
+		agent.Serve(joint.CopyBToA)
+	} else {
+		go joint.CopyBToA()
+	}
+	joint.CopyAToB()
+	<-joint.Done()
+}
+
+// SetAuth replaces the authentication rules. Every attachment and stream
+// whose key rule, connection or right is gone, or whose key value was
+// removed from a rule marked revoke, ends at once: revocation is immediate,
+// not at token expiry. A value replaced while its rule stays is a rotation:
+// what it authenticated lives on for the rotation grace, or for good once
+// its client proves the rule's current value on its control channel.
+func (c *Core) SetAuth(a *Auth) {
+	c.auth.Store(&authState{Auth: a})
+	c.sweep(time.Now())
+}
+
+// sweep ends every attachment and stream whose grant no longer holds:
+// revoked ones at once, rotated ones past the grace; and every attachment
+// whose token expired.
+func (c *Core) sweep(now time.Time) {
+	a := c.auth.Load().Auth
+	grace := c.cfg.Load().RotationGrace
+	// judge marks g rotated when it first finds it so, and says whether it
+	// must end now, and why.
+	judge := func(g *Grant) (bool, string) {
+		switch a.judge(*g) {
+		case revoked:
+			return true, "key revoked or connection removed"
+		case rotated:
+			if g.Rotated.IsZero() {
+				g.Rotated = now
+			}
+			if now.Sub(g.Rotated) >= grace {
+				return true, "key rotated " + grace.String() + " ago and not proven since"
+			}
+		default:
+			g.Rotated = time.Time{}
+		}
+		return false, ""
+	}
+	type lapse struct {
+		s   *Session
+		hc  string
+		why *status.Error
+	}
+	type ending struct {
+		st  *activeStream
+		why string
+	}
+	var lapsed []lapse
+	var cut []ending
+	c.mu.Lock()
+	for s := range c.sessions {
+		s.mu.Lock()
+		for hc, at := range s.attached {
+			if end, why := judge(&at.grant); end {
+				s.detachLocked(hc)
+				lapsed = append(lapsed, lapse{s, hc, status.Errorf(status.Unauthorized, "%s", why)})
+			} else if !at.grant.Expiry.IsZero() && !now.Before(at.grant.Expiry) {
+				s.detachLocked(hc)
+				lapsed = append(lapsed, lapse{s, hc, status.Errorf(status.Unauthorized, "token expired")})
+			}
+		}
+		s.mu.Unlock()
+	}
+	for st := range c.streams {
+		if end, why := judge(&st.senderGrant); end {
+			cut = append(cut, ending{st, why})
+		} else if end, why := judge(&st.listenerGrant); end {
+			cut = append(cut, ending{st, why})
+		}
+	}
+	c.mu.Unlock()
+	for _, l := range lapsed {
+		c.log.Warn("agent attachment ended", "hc", l.hc, "agent", l.s.name, "remote", l.s.remote, "reason", l.why.Msg)
+		l.s.conn.Detached(l.hc, l.why)
+		if l.s.attachedCount() == 0 {
+			// Nothing it authenticated for is left: end the channel too.
+			l.s.conn.Close(l.why)
+		}
+	}
+	for _, e := range cut {
+		c.log.Warn("stream ended", "hc", e.st.hc, "stream", e.st.id.String(), "reason", e.why,
+			"sender_key", e.st.senderGrant.Rule, "listener_key", e.st.listenerGrant.Rule)
+		e.st.cut()
+	}
+}
+
+// RunExpiry sweeps every second until ctx is done: expired tokens detach
+// their attachments (streams live on: as in Azure, a token is checked when
+// a stream opens), and rotated grants past the grace end.
+func (c *Core) RunExpiry(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			c.sweep(now)
+		}
+	}
+}
