@@ -1,15 +1,48 @@
-# hybrid — make run (demo), make test (everything CI runs), make bench.
+# hybrid — make run (demo), make test (everything CI runs), make bench,
+# make dist (release archives).
 GO      ?= go
-BIN     := bin/hybrid
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/hybridconn/hybrid/internal/buildinfo.Version=$(VERSION)
+BIN     ?= bin/hybrid
 
-.PHONY: all build run test unit fuzz bench vet clean
+# Version and commit come from git here, not from Go's VCS stamping (which
+# -buildvcs=false and builds outside a checkout turn off); override with
+# `make VERSION=v1.2.3`. Each is computed once.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+VERSION := $(VERSION)
+COMMIT  := $(COMMIT)
+BUILDINFO := github.com/hybridconn/hybrid/internal/buildinfo
+LDFLAGS := -X $(BUILDINFO).Version=$(VERSION) -X $(BUILDINFO).Commit=$(COMMIT)
+
+# make dist: one archive per release target, in $(DIST).
+PLATFORMS ?= linux/amd64 linux/arm64 darwin/arm64 windows/amd64
+DIST      ?= dist
+# Archive entries carry the commit's time, so the archives are reproducible.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+.PHONY: all build run test unit fuzz bench examples dist clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hybrid
+
+# Release archives: a static binary (CGO_ENABLED=0) per target in
+# PLATFORMS with README.md, docs/configuration.md and the demo hybrid.yaml;
+# .zip for windows, .tar.gz for the others; and SHA256SUMS.
+dist:
+	rm -rf $(DIST)
+	@set -e; for p in $(PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; ext=; \
+	  if [ "$$os" = windows ]; then ext=.exe; fi; \
+	  name=hybrid_$(VERSION)_$${os}_$${arch}; \
+	  echo "dist: $$name (GOOS=$$os GOARCH=$$arch CGO_ENABLED=0)"; \
+	  mkdir -p $(DIST)/$$name/docs; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" \
+	    -o $(DIST)/$$name/hybrid$$ext ./cmd/hybrid; \
+	  cp README.md hybrid.yaml $(DIST)/$$name/; \
+	  cp docs/configuration.md $(DIST)/$$name/docs/; \
+	done
+	$(GO) run ./internal/tools/dist -mtime $(SOURCE_DATE_EPOCH) $(DIST)
 
 # The demo: relay, agent and proxy from the embedded hybrid.yaml, plus a small
 # HTTP resource on 127.0.0.1:8081 that the agent publishes as "demo".
@@ -53,4 +86,4 @@ bench:
 	HYBRID_BENCH=1 $(GO) test -count=1 -run '^TestBench' -v -timeout 10m ./integration | grep -v '^=== RUN'
 
 clean:
-	rm -rf bin
+	rm -rf bin $(DIST)

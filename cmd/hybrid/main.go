@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hybridconn/hybrid/internal/buildinfo"
 )
 
 // Exit codes, part of the contract: scripts rely on them.
@@ -76,9 +78,12 @@ the app's connection string.
 
 One YAML file may hold every section (see docs/configuration.md); each role
 reads only its own. Exit codes: 0 ok, 1 bad config or usage, 2 runtime failure.`,
+		Version:       buildinfo.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// --version prints what `hybrid version` prints.
+	root.SetVersionTemplate(buildinfo.String() + "\n")
 	root.PersistentFlags().StringP("config", "c", defaultConfigPath,
 		"config file (default ./hybrid.yaml; without it, the built-in demo config)")
 	root.AddCommand(
