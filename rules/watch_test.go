@@ -395,7 +395,7 @@ func TestWatchInvalid(t *testing.T) {
 		{
 			name:    "syntax error",
 			content: strings.Replace(valid, "key_name: apps", "key_name: apps: x", 1),
-			want:    "hybrid.yaml:6: invalid YAML: mapping values are not allowed",
+			want:    "hybrid.yaml:6:21: invalid YAML: mapping values are not allowed",
 		},
 		{
 			name:    "unknown field",
