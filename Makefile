@@ -83,7 +83,7 @@ fuzz:
 
 # Throughput and latency through the tunnel as ratios against direct loopback.
 bench:
-	HYBRID_BENCH=1 $(GO) test -count=1 -run '^TestBench' -v -timeout 10m ./integration | grep -v '^=== RUN'
+	$(GO) test -tags bench -count=1 -run '^TestBench' -v -timeout 10m ./integration | grep -v '^=== RUN'
 
 clean:
 	rm -rf bin $(DIST)
