@@ -63,12 +63,17 @@ run: build
 
 # Every test: unit, fuzz seeds, and end-to-end against the built binary with
 # a real PostgreSQL (see integration/). This is what .ci/run calls.
+# The tests run through internal/tools/testsum: the usual ok/FAIL lines, the
+# output of each failed test, a line per skipped test, and a summary line of
+# passed/failed/skipped; under CI=true a skip is a failure.
+TESTSUM := GO=$(GO) $(GO) run ./internal/tools/testsum
+
 test:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(TESTSUM) -race -count=1 -timeout 20m ./...
 
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+	$(TESTSUM) -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
 # Fuzz each decoder of untrusted bytes for FUZZTIME each.
 FUZZTIME ?= 30s
@@ -80,6 +85,7 @@ fuzz:
 	$(GO) test ./rules -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzMatchSocks -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzEditHosts -fuzztime $(FUZZTIME)
+	$(GO) test ./rules -run '^$$' -fuzz FuzzFindCulprit -fuzztime $(FUZZTIME)
 
 # Throughput and latency through the tunnel as ratios against direct loopback.
 bench:
