@@ -45,9 +45,15 @@ dist:
 	$(GO) run ./internal/tools/dist -mtime $(SOURCE_DATE_EPOCH) $(DIST)
 
 # The demo: relay, agent and proxy from the embedded hybrid.yaml, plus a small
-# HTTP resource on 127.0.0.1:8081 that the agent publishes as "demo".
+# HTTP resource on 127.0.0.1:8081 that the agent publishes as "demo". Its
+# ports are fixed (hybrid.yaml): it stops at once, naming them, if one is
+# taken.
+DEMO_PORTS := 127.0.0.1:5671,127.0.0.1:9352,127.0.0.1:8080,127.0.0.1:8081,127.0.0.2:8081,127.0.0.2:5432
 run: build
 	@$(GO) build -o bin/demo-resource ./examples/demo-resource
+	@bin/demo-resource -check $(DEMO_PORTS) || { \
+	  echo; echo "make run: the demo needs these fixed ports (hybrid.yaml): $(DEMO_PORTS)"; \
+	  echo "make run: free them (another make run or hybrid up?) and try again"; exit 1; }
 	@echo
 	@echo "  The tunnel is coming up. In another terminal, type:"
 	@echo

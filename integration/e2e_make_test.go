@@ -11,6 +11,7 @@ import (
 	"debug/pe"
 	"encoding/hex"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -244,5 +245,23 @@ func extract(t *testing.T, archive, dir string) map[string]string {
 		if h.Typeflag == tar.TypeReg {
 			save(h.Name, os.FileMode(h.Mode).Perm(), tr)
 		}
+	}
+}
+
+// TestMakeRunBusyPort: `make run` stops at once, naming the port, when one
+// of the demo's fixed ports is taken (here the demo resource's 8081),
+// instead of carrying on with a tunnel to nothing.
+func TestMakeRunBusyPort(t *testing.T) {
+	if ln, err := net.Listen("tcp", "127.0.0.1:8081"); err == nil {
+		defer ln.Close()
+	} // else it is taken already, which is what the test needs
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	needProgram(t, "make", "make")
+	out, code := runCmd(t, 5*time.Minute, "make", "-C", root, "run", "BIN="+filepath.Join(t.TempDir(), "hybrid"))
+	if code == 0 || !strings.Contains(out, "127.0.0.1:8081 is not free") || strings.Contains(out, "relay listening") {
+		t.Fatalf("make run with 127.0.0.1:8081 taken: exit %d, want a failure naming the port before anything starts:\n%s", code, out)
 	}
 }
