@@ -81,6 +81,17 @@ test:
 unit:
 	$(TESTSUM) -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
+# Every example, one command each (examples/*/run.sh), one after the other
+# (they use fixed ports); all run even when one fails, then the failures are
+# named. .ci/run runs this after make test, so an example cannot rot.
+examples:
+	@failed=; for s in examples/*/run.sh; do \
+	  echo; echo "==== $$s"; \
+	  if bash "$$s"; then echo "==== $$s: ok"; else echo "==== $$s: FAILED"; failed="$$failed $$s"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo; echo "make examples: failed:$$failed"; exit 1; fi; \
+	echo; echo "make examples: all ok"
+
 # Fuzz each decoder of untrusted bytes for FUZZTIME each.
 FUZZTIME ?= 30s
 fuzz:
