@@ -19,7 +19,7 @@ DIST      ?= dist
 # Archive entries carry the commit's time, so the archives are reproducible.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build run test unit fuzz bench examples dist clean
+.PHONY: all build run test unit fuzz bench examples dist docker clean
 
 all: build
 
@@ -80,6 +80,12 @@ test:
 
 unit:
 	$(TESTSUM) -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+# The container image (Dockerfile), stamped like make build. Needs a Docker
+# engine.
+IMAGE ?= hybrid
+docker:
+	docker build -t $(IMAGE):$(VERSION) --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) .
 
 # Every example, one command each (examples/*/run.sh), one after the other
 # (they use fixed ports); all run even when one fails, then the failures are
