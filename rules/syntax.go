@@ -117,7 +117,24 @@ func firstTokenStart(s, chars string) int {
 // secondColon returns the offset of the ":" of a second "key: " on line s
 // (outside quotes), or -1.
 func secondColon(s string) int {
-	seen := 0
+	seen, at := 0, -1
+	walkPlain(s, func(i int) bool {
+		if s[i] == ':' && (i+1 == len(s) || s[i+1] == ' ') {
+			if seen++; seen == 2 {
+				at = i
+				return false
+			}
+		}
+		return true
+	})
+	return at
+}
+
+// walkPlain walks line s outside quoted values (quotes respected roughly:
+// one that starts a value opens, the same character closes), calling visit,
+// when not nil, with each offset. It returns where a comment starts, or the
+// offset at which visit returned false, or len(s).
+func walkPlain(s string, visit func(i int) bool) int {
 	var quote byte
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -129,14 +146,12 @@ func secondColon(s string) int {
 		case (c == '"' || c == '\'') && tokenStart(s, i):
 			quote = c
 		case c == '#' && (i == 0 || s[i-1] == ' '):
-			return -1
-		case c == ':' && (i+1 == len(s) || s[i+1] == ' '):
-			if seen++; seen == 2 {
-				return i
-			}
+			return i
+		case visit != nil && !visit(i):
+			return i
 		}
 	}
-	return -1
+	return len(s)
 }
 
 // tokenStart reports whether offset i of line s is where a value may start:
@@ -278,25 +293,8 @@ func (sc *scanner) indentation(n int, s string, indent int) (culprit, bool) {
 	return culprit{}, false
 }
 
-// stripComment returns s without a trailing comment and spaces (quotes
-// respected roughly).
-func stripComment(s string) string {
-	var quote byte
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case quote != 0:
-			if c == quote {
-				quote = 0
-			}
-		case (c == '"' || c == '\'') && tokenStart(s, i):
-			quote = c
-		case c == '#' && (i == 0 || s[i-1] == ' '):
-			return strings.TrimRight(s[:i], " ")
-		}
-	}
-	return strings.TrimRight(s, " ")
-}
+// stripComment returns s without a trailing comment and spaces.
+func stripComment(s string) string { return strings.TrimRight(s[:walkPlain(s, nil)], " ") }
 
 // blockScalarStart reports whether a line's content ends with a block
 // scalar indicator: "key: |", "- >-", "key: |2+".
