@@ -84,7 +84,16 @@ func TestOneOffEqualsYAML(t *testing.T) {
 			if err != nil {
 				t.Fatalf("flags: %v", err)
 			}
-			want.lines = nil
+			// The same warnings, each naming the flag instead of file:line.
+			if len(got.Warnings) != len(want.Warnings) {
+				t.Fatalf("warnings %v, want %v", got.Warnings, want.Warnings)
+			}
+			for i, w := range want.Warnings {
+				if g := got.Warnings[i]; g.Field != w.Field || g.Msg != w.Msg || g.Line != 0 || !strings.HasPrefix(g.File, "--") {
+					t.Errorf("warning %q, want %q naming a flag", g, w)
+				}
+			}
+			got.Warnings, want.Warnings, want.lines = nil, nil, nil
 			assertConfig(t, got, want)
 		})
 	}
@@ -129,7 +138,7 @@ func TestOneOffErrors(t *testing.T) {
 		{"short key, value not shown", proxy(func(o *OneOff) { o.Key = "secret" }), []string{
 			"--key: proxy.connections[0].key: key too short: 6 characters, want at least 16 (hybrid keys new makes one)"}},
 		{"missing key file", proxy(func(o *OneOff) { o.Key, o.KeyFile = "", "nope.key" }), []string{
-			"--key-file nope.key: proxy.connections[0].key_file: cannot read key file: stat "}},
+			"--key-file nope.key: proxy.connections[0].key_file: cannot read key file: "}},
 		{"bad key name", proxy(func(o *OneOff) { o.KeyName = "a b" }), []string{
 			`--key-name "a b": proxy.connections[0].key_name: invalid key name "a b"`}},
 	}
