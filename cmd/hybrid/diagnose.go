@@ -218,11 +218,14 @@ func printRows(w io.Writer, rows []probe) (failed, skipped int) {
 			width[c] = max(width[c], utf8.RuneCountInString(s))
 		}
 	}
-	// The target and the result share what the other columns leave.
+	// The target and the result share what the other columns leave; when
+	// both do not fit, the result keeps two fifths of it, and at least
+	// "skipped: relay unreachable" (a shortened error is printed in full
+	// below the table).
 	const gap = 2
-	const minTarget = 24
 	room := tableWidth - width[0] - width[1] - width[4] - 4*gap
-	width[2] = min(width[2], max(minTarget, room-width[3]))
+	minResult := max(len("skipped: relay unreachable"), room*2/5)
+	width[2] = min(width[2], max(room-width[3], room-minResult))
 	width[3] = min(width[3], room-width[2])
 
 	var notes []string
