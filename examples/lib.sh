@@ -190,7 +190,9 @@ bound() {
 	local host=$1 p
 	shift
 	for p in "$@"; do
-		ss -Hltn "sport = :$p" 2>/dev/null | grep -qF "$host:$p" || return 1
+		# grep without -q reads all of its input: with -q it may exit first
+		# and fail the pipeline (SIGPIPE under pipefail).
+		ss -Hltn "sport = :$p" 2>/dev/null | grep -F "$host:$p" >/dev/null || return 1
 	done
 }
 

@@ -64,14 +64,16 @@ func TestReloadInvalidConfig(t *testing.T) {
 		// at is a text on the offending line ("" for a file with none),
 		// prefix what follows "file:line: " in the message.
 		at, prefix string
+		// col, for a syntax error, is the column after the line.
+		col int
 	}{
-		{"syntax error", strings.Replace(goodYAML, "key_name: apps\n", "key_name: apps: x\n", 1),
-			"key_name: apps: x", "invalid YAML: mapping values are not allowed"},
-		{"unknown field", strings.Replace(goodYAML, "      key_name: apps\n", "      key_nmae: apps\n", 1),
-			"key_nmae:", `proxy.connections[0].key_nmae: unknown field "key_nmae" (did you mean "key_name"?)`},
-		{"invalid endpoint", e.proxyYAML(badEndpoint),
-			"endpoint: 127.1:5432", `proxy.connections[1].endpoint: invalid endpoint "127.1:5432"`},
-		{"empty file", "", "", "empty file, keeping last good config"},
+		{name: "syntax error", content: strings.Replace(goodYAML, "key_name: apps\n", "key_name: apps: x\n", 1),
+			at: "key_name: apps: x", prefix: "invalid YAML: mapping values are not allowed", col: 21},
+		{name: "unknown field", content: strings.Replace(goodYAML, "      key_name: apps\n", "      key_nmae: apps\n", 1),
+			at: "key_nmae:", prefix: `proxy.connections[0].key_nmae: unknown field "key_nmae" (did you mean "key_name"?)`},
+		{name: "invalid endpoint", content: e.proxyYAML(badEndpoint),
+			at: "endpoint: 127.1:5432", prefix: `proxy.connections[1].endpoint: invalid endpoint "127.1:5432"`},
+		{name: "empty file", prefix: "empty file, keeping last good config"},
 	}
 	failed := metric(t, p.Admin, mReloadFail)
 	applied := metric(t, p.Admin, mReloadOK)
@@ -85,6 +87,9 @@ func TestReloadInvalidConfig(t *testing.T) {
 			want := path + ": " + c.prefix
 			if c.at != "" {
 				want = fmt.Sprintf("%s:%d: %s", path, lineOf(t, c.content, c.at), c.prefix)
+				if c.col > 0 {
+					want = fmt.Sprintf("%s:%d:%d: %s", path, lineOf(t, c.content, c.at), c.col, c.prefix)
+				}
 				// hybrid check says the same, word for word.
 				line := checkLine(t, path, want)
 				p.WaitLogAfter(t, mark, reErrorLine(line), reloadTimeout)

@@ -57,6 +57,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hybridconn/hybrid/internal/testenv"
 )
 
 // ---------------------------------------------------------------- helpers
@@ -65,11 +67,7 @@ import (
 // and skips it elsewhere.
 func resourceMissing(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") != "" {
-		t.Fatalf("resource unavailable (CI is set, so this fails rather than skips): %s", msg)
-	}
-	t.Skipf("resource unavailable, skipping: %s (see .ci/run for the Debian packages)", msg)
+	testenv.SkipOrFail(t, "resource unavailable: %s (see .ci/run for the Debian packages)", fmt.Sprintf(format, args...))
 }
 
 // needProgram returns the path of the first of names found on PATH or in the

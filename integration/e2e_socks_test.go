@@ -27,7 +27,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -36,16 +35,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hybridconn/hybrid/internal/testenv"
 )
 
 // nsMissing fails the test under CI and skips it elsewhere, like pgMissing.
 func nsMissing(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") != "" {
-		t.Fatalf("prerequisite missing (CI is set, so this fails rather than skips): %s", msg)
-	}
-	t.Skipf("prerequisite missing, skipping: %s (see .ci/run)", msg)
+	testenv.SkipOrFail(t, "prerequisite missing: %s (see .ci/run)", fmt.Sprintf(format, args...))
 }
 
 // needTools skips (fails under CI) unless every program is on PATH.

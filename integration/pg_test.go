@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hybridconn/hybrid/internal/testenv"
 )
 
 // PostgreSQL helpers: a throwaway server per call of startPostgres, and psql /
@@ -78,11 +80,7 @@ var (
 // skips it elsewhere.
 func pgMissing(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") != "" {
-		t.Fatalf("PostgreSQL unavailable (CI is set, so this fails rather than skips): %s", msg)
-	}
-	t.Skipf("PostgreSQL unavailable, skipping: %s (install postgresql, or see .ci/run)", msg)
+	testenv.SkipOrFail(t, "PostgreSQL unavailable: %s (install postgresql, or see .ci/run)", fmt.Sprintf(format, args...))
 }
 
 // pgBin returns the path of a PostgreSQL program (initdb, postgres, psql,

@@ -35,7 +35,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/hybridconn/hybrid/internal/safefile"
 	"github.com/hybridconn/hybrid/rules"
@@ -274,9 +273,7 @@ func writeHostsFile(path string, data []byte) (inPlace bool, err error) {
 	uid, gid := -1, -1
 	if fi, err := os.Stat(path); err == nil {
 		mode = fi.Mode().Perm()
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			uid, gid = int(st.Uid), int(st.Gid)
-		}
+		uid, gid = fileOwner(fi)
 	}
 	atomicErr := renameInto(path, data, mode, uid, gid)
 	if atomicErr == nil {

@@ -13,21 +13,22 @@ import (
 	"time"
 
 	"github.com/hybridconn/hybrid/internal/relayclient"
+	"github.com/hybridconn/hybrid/internal/testenv"
 )
 
 // installHycoWS installs Microsoft's hyco-ws npm package into a temp dir
-// and returns the dir holding node_modules, or skips. hyco-ws 1.0.5 lists
+// and returns the dir holding node_modules, or skips (fails under CI). hyco-ws 1.0.5 lists
 // node's core modules ("http": "latest", ...) as dependencies, which the
 // registry does not have: unpack it by hand and install its real ones.
 func installHycoWS(t *testing.T) (node, dir string) {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skip("node not installed")
+		testenv.SkipOrFail(t, "node not installed (Debian: nodejs)")
 	}
 	npm, err := exec.LookPath("npm")
 	if err != nil {
-		t.Skip("npm not installed")
+		testenv.SkipOrFail(t, "npm not installed (Debian: npm)")
 	}
 	dir = t.TempDir()
 	run := func(name string, args ...string) {
@@ -36,7 +37,7 @@ func installHycoWS(t *testing.T) (node, dir string) {
 		cmd := exec.CommandContext(ctx, name, args...)
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+			testenv.SkipOrFail(t, "%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 		}
 	}
 	run(npm, "install", "--no-save", "--no-audit", "--no-fund", "ws@1.1.5", "moment@2")

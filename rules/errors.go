@@ -10,26 +10,34 @@ import (
 //
 // Line is 1-based; 0 means the problem has no line of its own (an unreadable
 // file, an empty file, a value from the environment that replaced no line).
+// Column is the 1-based column (in characters) to fix, for YAML syntax
+// errors; 0 otherwise.
 // Field is the dotted path of the offending field with [i] list indexes, such
 // as "relay.connections[0].keys[1].rights[0]"; it is empty for problems that
 // belong to no field (YAML syntax errors, I/O errors).
 type Error struct {
-	File  string
-	Line  int
-	Field string
-	Msg   string
+	File   string
+	Line   int
+	Column int
+	Field  string
+	Msg    string
 
 	err error // underlying cause, for errors.Is/As (I/O errors only)
 }
 
 // Error formats e as "file:line: field: message", leaving out the line when it
-// is 0 and the field when it is empty.
+// is 0 and the field when it is empty; a syntax error with a column is
+// "file:line:column: message", as compilers print it, so editors jump there.
 func (e Error) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
 	if e.Line > 0 {
 		b.WriteByte(':')
 		b.WriteString(strconv.Itoa(e.Line))
+		if e.Column > 0 {
+			b.WriteByte(':')
+			b.WriteString(strconv.Itoa(e.Column))
+		}
 	}
 	b.WriteString(": ")
 	if e.Field != "" {

@@ -41,7 +41,7 @@ func TestErrors(t *testing.T) {
 		{
 			name: "syntax error",
 			src:  "relay:\n  x: 1\n  y: : 2\n",
-			want: []string{"hybrid.yaml:3: invalid YAML: mapping values are not allowed in this context"},
+			want: []string{`hybrid.yaml:3:6: invalid YAML: mapping values are not allowed in this context: a second ": " on this line (quote the value if it contains ": ")`},
 		},
 		{
 			name: "multiple documents",

@@ -7,8 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/viper"
@@ -65,27 +63,38 @@ func ParseSections(file string, data []byte, sections ...string) (*Config, error
 
 // parse is Parse leaving the sections in skip undecoded.
 func parse(file string, data []byte, skip map[string]bool) (*Config, error) {
-	dir := filepath.Dir(file)
-	if file == EmbeddedFile {
+	d := newDecoder(file, filepath.Dir(file), skip)
+	root, err := parseYAML(data)
+	switch {
+	case err != nil:
+		d.syntaxError(err, data)
+	case root == nil:
+		d.errorf(0, "", "no relay, agent or proxy section (the file is empty)")
+	default:
+		return d.decode(root)
+	}
+	d.errs.sort()
+	return nil, d.errs
+}
+
+// newDecoder returns a decoder for file whose relative paths resolve against
+// dir (the working directory for EmbeddedFile and FlagsFile).
+func newDecoder(file, dir string, skip map[string]bool) *decoder {
+	if file == EmbeddedFile || file == FlagsFile {
 		dir = "."
 	}
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	d := &decoder{file: file, dir: dir, lines: map[string]int{}, skip: skip}
+	return &decoder{file: file, dir: dir, lines: map[string]int{}, skip: skip}
+}
 
-	var cfg *Config
-	root, err := parseYAML(data)
-	switch {
-	case err != nil:
-		d.syntaxError(err)
-	case root == nil:
-		d.errorf(0, "", "no relay, agent or proxy section (the file is empty)")
-	default:
-		cfg = d.root(root)
-		levelEnv, formatEnv := envOverride(&cfg.Log)
-		d.finishLog(&cfg.Log, levelEnv, formatEnv)
-	}
+// decode decodes and checks the document whose root node is root: the
+// config, or every problem found (Errors, sorted by line).
+func (d *decoder) decode(root *yaml.Node) (*Config, error) {
+	cfg := d.root(root)
+	levelEnv, formatEnv := envOverride(&cfg.Log)
+	d.finishLog(&cfg.Log, levelEnv, formatEnv)
 	if len(d.errs) > 0 {
 		d.errs.sort()
 		return nil, d.errs
@@ -133,23 +142,6 @@ func parseYAML(data []byte) (root *yaml.Node, err error) {
 		return doc.Content[0], nil
 	}
 	return &doc, nil
-}
-
-var yamlLine = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
-
-func (d *decoder) syntaxError(err error) {
-	var multi errMultipleDocs
-	if errors.As(err, &multi) {
-		d.errorf(multi.line, "", "more than one YAML document (only one config per file)")
-		return
-	}
-	msg := err.Error()
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		d.errorf(line, "", "invalid YAML: %s", m[2])
-		return
-	}
-	d.errorf(0, "", "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
 }
 
 // envOverride applies HYBRID_LOG_LEVEL and HYBRID_LOG_FORMAT through a fresh

@@ -47,8 +47,7 @@ const (
 
 	DefaultTransport = TransportAuto // agent/proxy transport
 
-	DefaultHostsFile  = "/etc/hosts"    // proxy.hosts.file
-	DefaultHostsRange = "127.77.0.0/16" // proxy.hosts.range
+	DefaultHostsRange = "127.77.0.0/16" // proxy.hosts.range; proxy.hosts.file: DefaultHostsFile()
 
 	// DefaultLimitConnections caps the connections a relay holds open on
 	// each of its listeners (relay.limits.connections).
@@ -440,7 +439,7 @@ type SocksUser struct {
 // on-premises name, unchanged.
 type Hosts struct {
 	// File is the hosts file holding the block (yaml: file), absolute.
-	// Default DefaultHostsFile.
+	// Default DefaultHostsFile().
 	File string
 	// Range is the IPv4 prefix addresses are taken from (yaml: range):
 	// masked, inside 127.0.0.0/8, /9 to /30, never containing 127.0.0.1.

@@ -751,14 +751,14 @@ func checkSocksUsername(s string) error {
 
 // hosts decodes proxy.hosts, a mapping {file, range} whose fields default.
 func (d *decoder) hosts(path string, n *yaml.Node) *Hosts {
-	h := &Hosts{File: DefaultHostsFile, Range: netip.MustParsePrefix(DefaultHostsRange)}
+	h := &Hosts{File: DefaultHostsFile(), Range: netip.MustParsePrefix(DefaultHostsRange)}
 	_, ok := d.mapping(path, n, fields{
 		"file": func(p string, v *yaml.Node) {
 			s, ok := d.str(p, v)
 			switch {
 			case !ok:
 			case s == "":
-				d.fieldErr(p, "must not be empty (leave file out for %s)", DefaultHostsFile)
+				d.fieldErr(p, "must not be empty (leave file out for %s)", DefaultHostsFile())
 			default:
 				h.File = d.resolve(s)
 			}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/hashicorp/go-hclog"
+	"github.com/hybridconn/hybrid/internal/testenv"
 )
 
 // pickupDeadline is how soon after a save the new config must be applied.
@@ -330,12 +331,12 @@ func TestWatchSavePatterns(t *testing.T) {
 			name: "sed -i",
 			save: func(t *testing.T, _, path, _ string) time.Time {
 				if sedErr != nil {
-					t.Skipf("no sed: %v", sedErr)
+					testenv.SkipOrFail(t, "no sed: %v", sedErr)
 				}
 				// Adds connection b after a, as next has it.
 				script := `/key: "0123456789abcdef0123"/a\    - name: b\n      listen: "127.0.0.2:15002"\n      key_name: apps\n      key: "0123456789abcdef0123"`
 				if out, err := exec.Command(sed, "-i", script, path).CombinedOutput(); err != nil {
-					t.Skipf("sed -i: %v: %s", err, out)
+					testenv.SkipOrFail(t, "sed -i: %v: %s", err, out)
 				}
 				return time.Time{}
 			},
@@ -395,7 +396,7 @@ func TestWatchInvalid(t *testing.T) {
 		{
 			name:    "syntax error",
 			content: strings.Replace(valid, "key_name: apps", "key_name: apps: x", 1),
-			want:    "hybrid.yaml:6: invalid YAML: mapping values are not allowed",
+			want:    "hybrid.yaml:6:21: invalid YAML: mapping values are not allowed",
 		},
 		{
 			name:    "unknown field",
@@ -710,7 +711,7 @@ func openFDs(t *testing.T) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		t.Skipf("cannot count fds: %v", err)
+		testenv.SkipOrFail(t, "cannot count fds: %v", err)
 	}
 	return len(ents)
 }
@@ -738,7 +739,7 @@ func settle(t *testing.T, what string, want int, count func() int) {
 // and open fds do not grow, and that Run leaves none behind.
 func TestWatchNoLeaks(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("counts /proc/self/fd")
+		testenv.SkipOrFail(t, "counts /proc/self/fd, which only Linux has")
 	}
 	path := filepath.Join(t.TempDir(), "hybrid.yaml")
 	writeFile(t, path, watchConfig("a"))

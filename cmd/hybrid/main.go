@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hybridconn/hybrid/internal/buildinfo"
 )
 
 // Exit codes, part of the contract: scripts rely on them.
@@ -36,13 +38,14 @@ func runtimeErr(err error) error { return &exitError{exitRuntime, err} }
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // run executes the command line args and returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := newRoot()
 	root.SetArgs(args)
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
@@ -62,6 +65,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitConfig
 }
 
+// addConfigFlag gives cmd the --config flag; only commands that read a
+// config have it. Its default is empty so that help does not print one twice:
+// loadConfig turns "" into ./hybrid.yaml.
+func addConfigFlag(cmd *cobra.Command) {
+	cmd.Flags().StringP("config", "c", "", "config file (default ./hybrid.yaml; without it, the built-in demo config)")
+}
+
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "hybrid",
@@ -76,16 +86,23 @@ the app's connection string.
 
 One YAML file may hold every section (see docs/configuration.md); each role
 reads only its own. Exit codes: 0 ok, 1 bad config or usage, 2 runtime failure.`,
+		Example: `  hybrid up                                  # the demo: relay, agent and proxy on loopback
+  hybrid check --config hybrid.yaml          # validate a config
+  hybrid relay --config relay.yaml           # one role per machine in production
+  hybrid proxy --relay relay.example.com --forward 127.0.0.2:5432=postgres \
+      --key-name apps --key-file apps.key    # a one-off forward, no config file
+  hybrid completion bash > /etc/bash_completion.d/hybrid`,
+		Version:       buildinfo.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringP("config", "c", defaultConfigPath,
-		"config file (default ./hybrid.yaml; without it, the built-in demo config)")
+	// --version prints what `hybrid version` prints.
+	root.SetVersionTemplate(buildinfo.String() + "\n")
 	root.AddCommand(
-		roleCommand("relay", "Run the relay: the public rendezvous", "relay"),
-		roleCommand("agent", "Run the agent: serve hybrid connections from on-premises", "agent"),
-		roleCommand("proxy", "Run the proxy: local ports beside the app", "proxy"),
-		roleCommand("up", "Run every section present in the config in one process", ""),
+		roleCommand("relay"),
+		roleCommand("agent"),
+		roleCommand("proxy"),
+		roleCommand("up"),
 		checkCommand(),
 		keysCommand(),
 		diagnoseCommand(),

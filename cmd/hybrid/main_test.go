@@ -15,10 +15,16 @@ import (
 
 func runArgs(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runInput(t, "", args...)
+}
+
+// runInput is runArgs with stdin.
+func runInput(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	code = run(ctx, args, &out, &errb)
+	code = run(ctx, args, strings.NewReader(stdin), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -34,22 +40,38 @@ func TestCheck(t *testing.T) {
       key: "0123456789abcdef0123"
       endpiont: 127.0.0.1:5432
 `), 0o600)
+	warn := filepath.Join(dir, "warn.yaml")
+	os.WriteFile(warn, []byte(`agent:
+  relays: [127.0.0.1]
+  allow: [127.0.0.1:1]
+  connections:
+    - {name: pg, endpoint: 127.0.0.1:5432, key_name: onprem, key: "0123456789abcdef0123"}
+`), 0o600)
+	// Problems and warnings go to stderr, the ok line to stdout.
 	tests := []struct {
-		name string
-		args []string
-		code int
-		out  string
+		name           string
+		args           []string
+		code           int
+		stdout, stderr string // each must contain it; "" means must be empty
 	}{
-		{"embedded default", []string{"check"}, 0, "ok"},
-		{"repo hybrid.yaml", []string{"check", "--config", "../../hybrid.yaml"}, 0, "ok"},
-		{"unknown field", []string{"check", "--config", bad}, 1, bad + ":8: proxy.connections[0].endpiont: "},
-		{"missing file", []string{"check", "--config", filepath.Join(dir, "nope.yaml")}, 1, "nope.yaml"},
+		{"embedded default", []string{"check"}, 0, "<embedded>: ok (relay with 2 connections; agent with 2 connections; proxy with 2 connections)", ""},
+		{"repo hybrid.yaml", []string{"check", "--config", "../../hybrid.yaml"}, 0, "ok", ""},
+		{"one connection", []string{"check", "--config", warn}, 0, "ok (agent with 1 connection)",
+			"warning: " + warn + `:5: agent.connections[0].endpoint: "127.0.0.1:5432" is not in agent.allow`},
+		{"unknown field", []string{"check", "--config", bad}, 1, "", bad + ":8: proxy.connections[0].endpiont: "},
+		{"missing file", []string{"check", "--config", filepath.Join(dir, "nope.yaml")}, 1, "", "nope.yaml: cannot read config"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, out, errs := runArgs(t, tt.args...)
-			if code != tt.code || !strings.Contains(out+errs, tt.out) {
-				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errs, tt.code, tt.out)
+			ok := func(got, want string) bool {
+				if want == "" {
+					return got == ""
+				}
+				return strings.Contains(got, want)
+			}
+			if code != tt.code || !ok(out, tt.stdout) || !ok(errs, tt.stderr) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d, stdout %q, stderr %q", code, out, errs, tt.code, tt.stdout, tt.stderr)
 			}
 		})
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -28,7 +30,8 @@ const defaultConfigPath = "hybrid.yaml"
 // does not exist, the embedded default (the repo's hybrid.yaml) is used.
 func loadConfig(cmd *cobra.Command, sections ...string) (*rules.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	if !cmd.Flags().Changed("config") {
+	if path == "" {
+		path = defaultConfigPath
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return rules.ParseSections(rules.EmbeddedFile, hybrid.DefaultConfig, sections...)
 		}
@@ -53,26 +56,138 @@ type role struct {
 	refresh func() error              // SIGHUP: re-read what lives outside the config (certificates); may be nil
 }
 
-func roleCommand(use, short, section string) *cobra.Command {
-	long := short + "."
-	if section == "" {
-		long = `Run every section (relay, agent, proxy) present in the config in one
+// roleDoc is the help of one role command.
+type roleDoc struct{ short, long, example string }
+
+// reloadHelp ends every role's long help.
+const reloadHelp = `
+
+The file is watched while the role runs: a valid change applies at once, an
+invalid one is logged (file:line: field: message) and changes nothing. SIGHUP
+re-reads it now. SIGINT or SIGTERM stop the role cleanly: live streams get
+10 s to finish.`
+
+// docOf returns the help of the role command use.
+func docOf(use string) roleDoc {
+	switch use {
+	case "relay":
+		return roleDoc{
+			short: "Run the relay: the public rendezvous agents and proxies dial out to",
+			long: `Run the relay: the public rendezvous. Agents and proxies both dial out to
+it; it checks their SAS tokens, pairs each app's stream with a listening
+agent, and then only moves bytes.
+
+Config sections read: relay (listen addresses, tls, keys, connections) and
+log. Other sections of the same file are ignored, so one file can serve
+every role. TLS certificates are re-read on SIGHUP.` + reloadHelp,
+			example: `  hybrid relay --config relay.yaml
+
+  # relay.yaml
+  relay:
+    namespace: relay.example.com
+    listen: { control: 0.0.0.0:5671, data: 0.0.0.0:9352, http: 0.0.0.0:443 }
+    tls: { cert: relay.crt, key: relay.key }
+    connections:
+      - name: postgres
+        keys:
+          - { name: apps,   rights: [send],   primary: "${APPS_KEY}" }
+          - { name: onprem, rights: [listen], primary: "${ONPREM_KEY}" }`,
+		}
+	case "agent":
+		return roleDoc{
+			short: "Run the agent: serve hybrid connections from on-premises",
+			long: `Run the agent, on-premises: it dials out to every relay, listens for its
+hybrid connections, and dials only the host:port each one publishes (and only
+inside agent.allow, when set).
+
+Config sections read: agent (relays, transport, allow, audit, admin,
+proxy_url, connections) and log. Other sections of the same file are
+ignored.
+
+Without a config file, --relay and --publish (with --key-name and --key-file
+or --key) run a one-off agent; they build the same agent section the YAML
+would, checked the same way. --config and these flags exclude each other.` + reloadHelp,
+			example: `  hybrid agent --config agent.yaml
+
+  # agent.yaml
+  agent:
+    relays: [relay.example.com]
+    allow: [127.0.0.1:5432]
+    connections:
+      - { name: postgres, endpoint: 127.0.0.1:5432, key_name: onprem, key_file: onprem.key }
+
+  # the same without a file
+  hybrid agent --relay relay.example.com --publish postgres=127.0.0.1:5432 \
+      --key-name onprem --key-file onprem.key`,
+		}
+	case "proxy":
+		return roleDoc{
+			short: "Run the proxy: local ports beside the app",
+			long: `Run the proxy, beside the app: each local listen address forwards to a hybrid
+connection, so the app's connection string only changes its host (or, with
+socks: or hosts:, not at all).
+
+Config sections read: proxy (relay, transport, socks, socks_auth, hosts,
+admin, proxy_url, connections) and log. Other sections of the same file are
+ignored.
+
+Without a config file, --relay and --forward (with --key-name and --key-file
+or --key) run a one-off forward, as ssh -L does; they build the same proxy
+section the YAML would, checked the same way. --config and these flags
+exclude each other.` + reloadHelp,
+			example: `  hybrid proxy --config proxy.yaml
+
+  # proxy.yaml
+  proxy:
+    relay: relay.example.com
+    connections:
+      - { name: postgres, listen: 127.0.0.2:5432, key_name: apps, key_file: apps.key }
+
+  # the same without a file
+  hybrid proxy --relay relay.example.com --forward 127.0.0.2:5432=postgres \
+      --key-name apps --key-file apps.key`,
+		}
+	default: // up
+		return roleDoc{
+			short: "Run every section present in the config in one process",
+			long: `Run every section (relay, agent, proxy) present in the config in one
 process: the demo and the tests' default. In production each role runs on its
-own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
+own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".
+
+Config sections read: all of them (log, relay, agent, proxy). Without
+--config and without ./hybrid.yaml, the built-in demo config runs: loopback
+only, with public demo keys.` + reloadHelp,
+			example: `  hybrid up                          # the built-in demo (make run)
+  hybrid up --config hybrid.yaml`,
+		}
 	}
-	return &cobra.Command{
-		Use:   use,
-		Short: short,
-		Long:  long,
-		Args:  cobra.NoArgs,
+}
+
+// roleCommand is "hybrid relay|agent|proxy|up".
+func roleCommand(use string) *cobra.Command {
+	section := use
+	if use == "up" {
+		section = ""
+	}
+	doc := docOf(use)
+	var oneOff *oneOffFlags
+	cmd := &cobra.Command{
+		Use:     use,
+		Short:   doc.short,
+		Long:    doc.long,
+		Example: doc.example,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd, sectionsOf(section)...)
+			cfg, err := roleConfig(cmd, section, oneOff)
 			if err != nil {
 				return configErr(err)
 			}
 			log, err := logging.New(cmd.ErrOrStderr(), cfg.Log.Level, cfg.Log.Format)
 			if err != nil {
 				return configErr(fmt.Errorf("%s: log: %w", cfg.File, err))
+			}
+			if cfg.File == rules.EmbeddedFile {
+				log.Warn(demoWarning)
 			}
 			for _, w := range cfg.Warnings {
 				log.Warn(w.Error())
@@ -85,6 +200,79 @@ own machine with "hybrid relay", "hybrid agent" and "hybrid proxy".`
 			return runRoles(cmd.Context(), cfg, sectionsOf(section), roles, log, ad)
 		},
 	}
+	addConfigFlag(cmd)
+	if use == "agent" || use == "proxy" {
+		oneOff = addOneOffFlags(cmd, use)
+	}
+	return cmd
+}
+
+// demoWarning is logged when a role runs the embedded demo config.
+const demoWarning = "no --config and no ./hybrid.yaml: running the built-in DEMO config, whose keys are " +
+	"public (they are in the repository); it listens on loopback only. For anything but a local demo, " +
+	"write a config (docs/configuration.md) and pass --config"
+
+// roleConfig loads what a role command runs: --config (or the embedded
+// demo), or the one-off flags of agent and proxy.
+func roleConfig(cmd *cobra.Command, section string, oneOff *oneOffFlags) (*rules.Config, error) {
+	if oneOff != nil && oneOff.given(cmd) {
+		if cmd.Flags().Changed("config") {
+			return nil, fmt.Errorf("--config and %s exclude each other: give a config file, or the flags alone", strings.Join(oneOff.names(cmd), ", "))
+		}
+		return oneOff.config()
+	}
+	cfg, err := loadConfig(cmd, sectionsOf(section)...)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.File == rules.EmbeddedFile {
+		if err := demoGuard(cfg); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
+
+// demoGuard refuses an embedded config that listens off loopback: its keys
+// are public, so it must never be reachable from another machine (a build
+// from an edited hybrid.yaml could otherwise expose it).
+func demoGuard(cfg *rules.Config) error {
+	type listen struct{ field, addr string }
+	var ls []listen
+	if r := cfg.Relay; r != nil {
+		ls = append(ls, listen{"relay.listen.control", r.Listen.Control}, listen{"relay.listen.data", r.Listen.Data},
+			listen{"relay.listen.http", r.Listen.HTTP})
+	}
+	if a := cfg.Agent; a != nil {
+		ls = append(ls, listen{"agent.admin", a.Admin})
+	}
+	if p := cfg.Proxy; p != nil {
+		ls = append(ls, listen{"proxy.socks", p.Socks}, listen{"proxy.admin", p.Admin})
+		for i, c := range p.Connections {
+			ls = append(ls, listen{fmt.Sprintf("proxy.connections[%d].listen", i), c.Listen})
+		}
+	}
+	for _, l := range ls {
+		if l.addr != "" && !loopbackAddr(l.addr) {
+			return fmt.Errorf("%s:%d: %s: %q is not a loopback address: the built-in demo config has public keys "+
+				"and only listens on loopback; pass --config with your own file and keys", cfg.File, cfg.Line(l.field), l.field, l.addr)
+		}
+	}
+	return nil
+}
+
+// loopbackAddr reports whether the listen address host:port is on
+// loopback only (an empty host means every interface).
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // buildRoles prepares the roles of section ("" = every section present).
@@ -157,7 +345,7 @@ func runRoles(ctx context.Context, cfg *rules.Config, sections []string, roles [
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	if cfg.File != rules.EmbeddedFile {
+	if cfg.File != rules.EmbeddedFile && cfg.File != rules.FlagsFile {
 		w := rules.NewWatcher(cfg.File, cfg, func(next *rules.Config) error {
 			return applyAll(next, roles, log)
 		}, rules.WatchOptions{Logger: log.Named("config"), Sections: sections})
@@ -203,7 +391,7 @@ func runRoles(ctx context.Context, cfg *rules.Config, sections []string, roles [
 			if err := r.run(ctx); err != nil {
 				log.Error("role failed", "role", r.name, "error", err)
 				mu.Lock()
-				errs = append(errs, r.name+": "+err.Error())
+				errs = append(errs, roleError(r.name, err).Error())
 				mu.Unlock()
 				cancel()
 			}
@@ -220,6 +408,15 @@ func runRoles(ctx context.Context, cfg *rules.Config, sections []string, roles [
 		return runtimeErr(errors.New(strings.Join(errs, "; ")))
 	}
 	return nil
+}
+
+// roleError prefixes err's text with the role's name, unless it starts with
+// it already (the roles' own errors do: "proxy: listen for ...").
+func roleError(name string, err error) error {
+	if strings.HasPrefix(err.Error(), name+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", name, err)
 }
 
 // applyAll hands a reloaded configuration to every role. A section that a
@@ -240,7 +437,7 @@ func applyAll(next *rules.Config, roles []role, log *logging.Root) error {
 	var errs []error
 	for _, r := range roles {
 		if err := r.apply(next); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", r.name, err))
+			errs = append(errs, roleError(r.name, err))
 		}
 	}
 	return errors.Join(errs...)

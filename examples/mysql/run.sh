@@ -123,6 +123,8 @@ say "the agent's audit log ($tmp/audit.jsonl)"
 # Our three client sessions and the slap's: wait until the first three closed.
 wait_audit 3
 echo "$(grep -c '"event":"open"' "$tmp/audit.jsonl") streams opened; the first two:"
-grep '"event":"open"' "$tmp/audit.jsonl" | head -n 2
+# grep -m, not grep | head: under pipefail, head exiting early kills grep
+# with SIGPIPE and fails the script whenever there is more to read.
+grep -m 2 '"event":"open"' "$tmp/audit.jsonl"
 
 say "done: stopping everything"
