@@ -198,6 +198,39 @@ type Relay struct {
 	// ReusePort lets a new relay process bind the same ports while this
 	// one drains (SO_REUSEPORT, Linux; yaml: reuse_port). Default true.
 	ReusePort bool
+	// Fleet joins this relay to a fleet sharing a directory in Redis; nil
+	// means a lone relay.
+	Fleet *Fleet
+}
+
+// Fleet is relay.fleet: relays behind one address that share a directory
+// in Redis and carry streams between them.
+type Fleet struct {
+	// Redis is the directory: redis://, rediss://, redis-sentinel://
+	// [user:pass@]host:port,host:port/master[?db=N] or redis-cluster://
+	// host:port,host:port (yaml: redis, may be ${ENV}). Required.
+	Redis string
+	// ID names this relay in the fleet: 1..64 of A-Z a-z 0-9 . _ -,
+	// unique in the fleet. Default: the host name.
+	ID string
+	// Listen is the relay-to-relay listen address (canonical host:port).
+	// Required.
+	Listen string
+	// Advertise is how other relays reach this one (host:port). Default:
+	// Listen, which must then name a host (not 0.0.0.0 or ::).
+	Advertise string
+	// TLS authenticates peers by mutual TLS with a fleet CA (yaml: tls:
+	// {cert, key, ca}); Secret (yaml: secret, ${ENV} or secret_file) by a
+	// shared secret (an HMAC over each peer connection's challenge). One of
+	// them is required; with both, peers need both.
+	TLS    *FleetTLS
+	Secret string
+}
+
+// FleetTLS is the fleet's mutual TLS: this relay's certificate and key,
+// and the CA every peer's certificate must chain to. Paths are absolute.
+type FleetTLS struct {
+	Cert, Key, CA string
 }
 
 // RelayLimits bound the work one party can make the relay do (yaml: limits).

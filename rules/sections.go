@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -118,6 +120,11 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 		"keys":        func(p string, v *yaml.Node) { r.Keys = d.keys(p, v) },
 		"connections": func(p string, v *yaml.Node) { r.Connections = d.relayConnections(p, v) },
 		"limits":      func(p string, v *yaml.Node) { r.Limits = d.relayLimits(p, v) },
+		"fleet": func(p string, v *yaml.Node) {
+			var ls []listenAddr
+			r.Fleet, ls = d.fleet(p, v)
+			listen = append(listen, ls...)
+		},
 		"admin":       listenField(&r.Admin),
 		"admin_token": func(p string, v *yaml.Node) { rawAdmin["admin_token"], _ = d.str(p, v) },
 		"admin_token_file": func(p string, v *yaml.Node) {
@@ -187,7 +194,7 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 
 	if r.TLS == nil && !seen["tls"] && !r.Insecure {
 		for _, a := range sortByLine(d, listen) {
-			if !a.loopback() && a.field != path+".admin" {
+			if !a.loopback() && a.field != path+".admin" && !(a.field == path+".fleet.listen" && r.Fleet != nil && r.Fleet.TLS != nil) {
 				d.errorf(d.line(a.field), path+".tls",
 					"required because %s %q is not a loopback address: add tls: {cert: FILE, key: FILE}, or set insecure: true to serve plain TCP anyway",
 					a.name(), a.text)
@@ -213,6 +220,98 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 		}
 	}
 	return r
+}
+
+// fleet decodes relay.fleet; its listen address joins the relay's for the
+// conflict check.
+func (d *decoder) fleet(path string, n *yaml.Node) (*Fleet, []listenAddr) {
+	f := &Fleet{}
+	raw := map[string]string{}
+	var ls []listenAddr
+	rawStr := func(name string) func(string, *yaml.Node) {
+		return func(p string, v *yaml.Node) {
+			if s, ok := d.str(p, v); ok {
+				raw[name] = s
+			}
+		}
+	}
+	seen, ok := d.mapping(path, section(n), fields{
+		"redis": func(p string, v *yaml.Node) { f.Redis, _ = d.envString(p, v) },
+		"id":    func(p string, v *yaml.Node) { f.ID, _ = d.name(p, v, checkKeyName) },
+		"listen": func(p string, v *yaml.Node) {
+			if a, ok := d.listen(p, v); ok {
+				f.Listen = a.text
+				ls = append(ls, a)
+			}
+		},
+		"advertise": func(p string, v *yaml.Node) {
+			if s, ok := d.str(p, v); ok {
+				if h, port, err := net.SplitHostPort(s); err != nil || h == "" || port == "" || port == "0" {
+					d.fieldErr(p, "invalid address %q: want host:port that other relays can reach", s)
+				} else {
+					f.Advertise = s
+				}
+			}
+		},
+		"tls": func(p string, v *yaml.Node) {
+			t := &FleetTLS{}
+			s, ok := d.mapping(p, v, fields{
+				"cert": func(p string, v *yaml.Node) { t.Cert, _ = d.path(p, v, "tls") },
+				"key":  func(p string, v *yaml.Node) { t.Key, _ = d.path(p, v, "tls") },
+				"ca":   func(p string, v *yaml.Node) { t.CA, _ = d.path(p, v, "tls") },
+			})
+			if ok {
+				d.require(p, s, "cert", "key", "ca")
+				f.TLS = t
+			}
+		},
+		"secret":      rawStr("secret"),
+		"secret_file": rawStr("secret_file"),
+	})
+	if !ok {
+		return nil, nil
+	}
+	d.require(path, seen, "redis", "listen")
+	if seen["secret"] || seen["secret_file"] {
+		f.Secret = d.secret(path, "secret", seen, raw, false)
+	}
+	if f.Redis != "" && !d.bad(path+".redis") {
+		if i := strings.Index(f.Redis, "://"); i < 0 || !slices.Contains([]string{"redis", "rediss", "redis-sentinel", "redis-cluster"}, f.Redis[:i]) {
+			d.fieldErr(path+".redis", "want redis://, rediss://, redis-sentinel:// or redis-cluster:// (a URL; ${VAR} is read from the environment)")
+		}
+	}
+	if !seen["tls"] && !seen["secret"] && !seen["secret_file"] && !seen[mergeKey] {
+		d.fieldErr(path, "needs tls: {cert, key, ca} or secret: relay-to-relay connections are never open unauthenticated")
+	}
+	if f.ID == "" {
+		f.ID = hostname()
+	}
+	if f.Advertise == "" && len(ls) == 1 && !d.bad(path+".listen") {
+		if ls[0].wildcard() {
+			d.fieldErr(path+".advertise", "required when listen %q names no host: give the address other relays reach this one at", f.Listen)
+		} else {
+			f.Advertise = f.Listen
+		}
+	}
+	return f, ls
+}
+
+// envString decodes a string that may be written ${VAR} (read from the
+// environment).
+func (d *decoder) envString(path string, n *yaml.Node) (string, bool) {
+	s, ok := d.str(path, n)
+	if !ok {
+		return "", false
+	}
+	if m := envRef.FindStringSubmatch(s); m != nil {
+		v, set := os.LookupEnv(m[1])
+		if !set || v == "" {
+			d.fieldErr(path, "environment variable %s is not set", m[1])
+			return "", false
+		}
+		return v, true
+	}
+	return s, true
 }
 
 // relayLimits decodes relay.limits (n nil: all defaults).
