@@ -133,11 +133,19 @@ func (r *runner) addParked(n int) {
 
 // liveStream is a stream being copied, as Apply needs to judge it.
 type liveStream struct {
-	conn     net.Conn
+	conn     net.Conn // to the relay
+	res      net.Conn // to the resource
 	hc       string
 	target   string
 	endpoint string
 	ev       AuditEvent
+}
+
+// cut ends the stream at once, both ways: resetting the resource side, so a
+// server busy in a long query learns its client is gone.
+func (s *liveStream) cut() {
+	stream.Reset(s.res)
+	s.conn.Close()
 }
 
 // New prepares an agent; it opens the audit log but does not dial yet.
@@ -186,7 +194,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		for s := range a.streams {
-			s.conn.Close()
+			s.cut()
 		}
 		return len(a.streams)
 	}); n > 0 {
@@ -238,7 +246,7 @@ func (a *Agent) Apply(cfg *rules.Agent) error {
 		ev.Event, ev.Reason = "revoke", reason
 		a.audit.Load().Record(ev)
 		a.revoked.Add(1)
-		s.conn.Close()
+		s.cut()
 	}
 	return nil
 }
@@ -727,7 +735,7 @@ func (a *Agent) serve(ctx context.Context, o offer, ep rules.RelayEndpoint, rela
 			return
 		}
 	}
-	ls := &liveStream{conn: up, hc: acc.HC, target: acc.Target, endpoint: target, ev: ev}
+	ls := &liveStream{conn: up, res: res, hc: acc.HC, target: acc.Target, endpoint: target, ev: ev}
 	if !a.track(ls) {
 		up.Close()
 		res.Close()

@@ -3,12 +3,14 @@ package agent
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -214,5 +216,129 @@ func readSkippingPings(br *bufio.Reader, conn net.Conn) (wire.Frame, error) {
 			continue
 		}
 		return f, nil
+	}
+}
+
+// TestAcceptFloodBounded plays a hostile relay that sends 3,000 accepts
+// and never answers a join: the agent dials the resource at most
+// max_streams times and refuses the rest busy at once, without queuing.
+func TestAcceptFloodBounded(t *testing.T) {
+	resLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resLn.Close()
+	var resConns atomic.Int64
+	var held []net.Conn
+	var heldMu sync.Mutex
+	go func() {
+		for {
+			c, err := resLn.Accept()
+			if err != nil {
+				return
+			}
+			resConns.Add(1)
+			heldMu.Lock()
+			held = append(held, c) // held open: the agent's slot stays taken
+			heldMu.Unlock()
+		}
+	}()
+	defer func() {
+		heldMu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		heldMu.Unlock()
+	}()
+	relayLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relayLn.Close()
+	dataLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dataLn.Close()
+	go func() { // joins are taken and never answered
+		for {
+			c, err := dataLn.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	port := func(l net.Listener) int { return l.Addr().(*net.TCPAddr).Port }
+	const maxStreams = 100
+	cfg := &rules.Agent{
+		Relays:     []rules.RelayEndpoint{{Host: "127.0.0.1", Control: port(relayLn), Data: port(dataLn), Namespace: "ns"}},
+		ID:         "test-agent",
+		MaxStreams: maxStreams,
+		Connections: []rules.AgentConnection{
+			{Name: "pg", Endpoint: resLn.Addr().String(), KeyName: "k", Key: "0123456789abcdef0123"},
+		},
+	}
+	a, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	conn, err := relayLn.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	br := bufio.NewReader(conn)
+	if err := wire.ReadPreface(br); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wire.Read(br); err != nil {
+		t.Fatal(err)
+	}
+	wire.Write(conn, &wire.Welcome{PingMS: 15000})
+	if f, err := wire.Read(br); err != nil || f.Type() != wire.TypeAttach {
+		t.Fatalf("want ATTACH, got %v %v", f, err)
+	}
+	wire.Write(conn, &wire.Attached{HC: "pg"})
+
+	const flood = 3000
+	go func() {
+		var b []byte
+		for i := 0; i < flood; i++ {
+			var id wire.StreamID
+			binary.BigEndian.PutUint32(id[:], uint32(i+1))
+			b = wire.Append(b, &wire.Accept{ID: id, HC: "pg", SenderKey: "apps", SenderAddr: "203.0.113.9:4000"})
+		}
+		conn.Write(b)
+	}()
+	busy := 0
+	for busy < flood-maxStreams {
+		f, err := readSkippingPings(br, conn)
+		if err != nil {
+			t.Fatalf("after %d busy refusals: %v", busy, err)
+		}
+		switch f := f.(type) {
+		case *wire.Reject:
+			if f.Code != status.Busy {
+				t.Fatalf("refusal %v, want busy", f.Code)
+			}
+			busy++
+		case *wire.Ack: // slow dials are fine
+		default:
+			t.Fatalf("unexpected %s", f.Type())
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let stray dials land, if any
+	t.Logf("hostile flood of %d accepts: %d resource connections, %d refused busy", flood, resConns.Load(), busy)
+	if n := resConns.Load(); n > maxStreams {
+		t.Fatalf("%d resource connections for %d accepts, cap %d", n, flood, maxStreams)
 	}
 }

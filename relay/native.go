@@ -162,25 +162,9 @@ func writeFrame(conn net.Conn, f wire.Frame) error {
 }
 
 func keepAliveOn(conn net.Conn) {
-	if tc, ok := unwrapTCP(conn); ok {
+	if tc := stream.TCPOf(conn); tc != nil {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(keepAlive)
-	}
-}
-
-// unwrapTCP finds the *net.TCPConn under conn (a limited or TLS one).
-func unwrapTCP(conn net.Conn) (*net.TCPConn, bool) {
-	for {
-		switch c := conn.(type) {
-		case *net.TCPConn:
-			return c, true
-		case interface{ NetConn() net.Conn }: // *tls.Conn
-			conn = c.NetConn()
-		case interface{ Unwrap() net.Conn }:
-			conn = c.Unwrap()
-		default:
-			return nil, false
-		}
 	}
 }
 

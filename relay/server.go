@@ -169,7 +169,8 @@ func coreConfig(cfg *rules.Relay) Config {
 
 // awaitSuccessor waits, for at most the handover time, until another
 // process listens on the relay's control port (a new relay binding it with
-// SO_REUSEPORT), so that closing this one's sockets refuses no one.
+// SO_REUSEPORT), so that closing this one's sockets refuses no one. A relay
+// with no client attached has no one to hand over to and stops at once.
 func (s *Server) awaitSuccessor(l *Listeners) {
 	wait := HandoverWait
 	if s.Handover > 0 {
@@ -180,6 +181,9 @@ func (s *Server) awaitSuccessor(l *Listeners) {
 		if successorListening(l.Control.Addr()) {
 			s.log.Info("a new relay listens on the same ports; handing over")
 			return
+		}
+		if s.core.sessionCount() == 0 {
+			return // nobody attached: nobody to hand over to
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

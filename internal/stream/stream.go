@@ -127,8 +127,42 @@ func (j *Joint) Abort() {
 	j.finish()
 }
 
-// Close ends the stream at once (revocation, shutdown).
-func (j *Joint) Close() { j.closeBoth() }
+// Close ends the stream at once (revocation, shutdown): both connections
+// are reset, so each peer learns the stream was cut rather than ended (an
+// orderly close would read as a half-close and leave the far side waiting).
+func (j *Joint) Close() {
+	j.once.Do(func() {
+		Reset(j.a)
+		Reset(j.b)
+	})
+}
+
+// Reset closes c with a TCP reset rather than an orderly close, when c is
+// (or wraps) a TCP connection.
+func Reset(c net.Conn) error {
+	if tc := TCPOf(c); tc != nil {
+		tc.SetLinger(0)
+	}
+	return c.Close()
+}
+
+// TCPOf finds the *net.TCPConn under c (a TLS or a limited connection), or
+// returns nil.
+func TCPOf(c net.Conn) *net.TCPConn {
+	for i := 0; i < 4; i++ {
+		switch x := c.(type) {
+		case *net.TCPConn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		case interface{ Unwrap() net.Conn }:
+			c = x.Unwrap()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
 
 // Done is closed when both directions have ended.
 func (j *Joint) Done() <-chan struct{} { return j.done }
