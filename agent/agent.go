@@ -90,6 +90,7 @@ type runner struct {
 	mu        sync.Mutex
 	connected bool
 	transport string
+	why       string // why the websocket fallback, under transport auto
 	parked    int
 	listening []string
 	lastError string
@@ -123,6 +124,19 @@ func (r *runner) set(connected bool, transport string, attached map[string]rules
 	case connected:
 		r.lastError = ""
 	}
+}
+
+// fallback records why c (transport auto) uses WebSocket, if it does.
+func (r *runner) fallback(c relayclient.Client) {
+	why := ""
+	if f, ok := c.(relayclient.Fallbacker); ok {
+		if err := f.Fallback(); err != nil {
+			why = err.Error()
+		}
+	}
+	r.mu.Lock()
+	r.why = why
+	r.mu.Unlock()
 }
 
 func (r *runner) addParked(n int) {
@@ -326,6 +340,7 @@ func (a *Agent) runRelay(ctx context.Context, c relayclient.Client, ep rules.Rel
 			continue // the old one serves on until the relay closes it
 		}
 		r.set(false, c.Transport(), nil, err)
+		r.fallback(c)
 		if ctx.Err() != nil {
 			return
 		}
@@ -452,6 +467,7 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 	if err := sync(); err != nil {
 		return err
 	}
+	r.fallback(c)
 	lookup := func(hc string) (rules.AgentConnection, bool) {
 		attachedMu.Lock()
 		defer attachedMu.Unlock()

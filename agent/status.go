@@ -18,9 +18,11 @@ type Status struct {
 
 // RelayStatus is the agent's control channel to one relay.
 type RelayStatus struct {
-	Relay     string   `json:"relay"`
-	Connected bool     `json:"connected"`
-	Transport string   `json:"transport"`
+	Relay     string `json:"relay"`
+	Connected bool   `json:"connected"`
+	Transport string `json:"transport"`
+	// Fallback says why transport auto uses WebSocket, when it does.
+	Fallback  string   `json:"fallback,omitempty"`
 	Parked    int      `json:"parked"`
 	Listening []string `json:"listening"`
 	LastError string   `json:"last_error,omitempty"`
@@ -49,7 +51,7 @@ func (a *Agent) Status() Status {
 	}
 	for _, r := range a.relays {
 		r.mu.Lock()
-		rs := RelayStatus{Relay: r.name, Connected: r.connected, Transport: r.transport, Parked: r.parked,
+		rs := RelayStatus{Relay: r.name, Connected: r.connected, Transport: r.transport, Fallback: r.why, Parked: r.parked,
 			Listening: append([]string{}, r.listening...), LastError: r.lastError}
 		r.mu.Unlock()
 		sort.Strings(rs.Listening)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,11 +27,14 @@ const (
 	// one that does not is frozen or gone, and the stream goes to the next
 	// relay at once.
 	FirstAnswer = 3 * time.Second
-	// downFor is how long a relay that failed stays out of the spread,
-	// doubling up to maxDownFor while it keeps failing; its link probes it
-	// meanwhile and brings it back as soon as it answers.
-	downFor    = 2 * time.Second
-	maxDownFor = 30 * time.Second
+	// downFor is how often a relay out of the spread is probed, doubling
+	// up to maxDownFor while it keeps failing; it is back as soon as a
+	// probe (or its session) succeeds, and not before: a frozen relay costs
+	// one FirstAnswer, not one per stream.
+	downFor    = 500 * time.Millisecond
+	maxDownFor = 10 * time.Second
+	// probeTimeout bounds one background probe of a relay.
+	probeTimeout = 2 * time.Second
 	// linkRetry is how often a link tries to reconnect its session.
 	linkRetry = time.Second
 )
@@ -46,8 +50,9 @@ type link struct {
 	done   chan struct{}
 
 	mu        sync.Mutex
-	downUntil time.Time // out of the spread until then
-	downStep  time.Duration
+	down      bool          // out of the spread until a probe succeeds
+	nextProbe time.Time     // when the background probe tries again
+	downStep  time.Duration // how long it waits between probes
 	lastErr   string
 	ctl       relayclient.Control // nil while none
 	warm      []*relayclient.Warm
@@ -86,35 +91,68 @@ func (l *link) token(c *rules.ProxyConnection) string {
 	return t
 }
 
-func (l *link) healthy(now time.Time) bool {
+func (l *link) healthy() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return !now.Before(l.downUntil)
+	return !l.down
 }
 
-// down takes the relay out of the spread for a while (longer each time it
-// keeps failing); its loop probes it and brings it back.
-func (l *link) down(err error) {
+// markDown takes the relay out of the spread until a probe succeeds.
+func (l *link) markDown(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if !l.down {
+		l.log.Warn("relay out of the spread until it answers again", "error", err)
+	}
+	l.down = true
 	if l.downStep == 0 {
 		l.downStep = downFor
-	} else {
-		l.downStep = min(2*l.downStep, maxDownFor)
 	}
-	l.downUntil = time.Now().Add(l.downStep)
+	l.nextProbe = time.Now().Add(l.downStep)
 	l.lastErr = err.Error()
-	l.log.Warn("relay out of the spread", "for", l.downStep, "error", err)
 }
 
 // up brings the relay back.
 func (l *link) up() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.downUntil.IsZero() {
+	if l.down {
 		l.log.Info("relay back in the spread")
 	}
-	l.downUntil, l.downStep, l.lastErr = time.Time{}, 0, ""
+	l.down, l.downStep, l.lastErr = false, 0, ""
+}
+
+// probeLoop probes the relay while it is out of the spread, every downFor
+// and then less often while it keeps failing, until ctx is done.
+func (l *link) probeLoop(ctx context.Context) {
+	t := time.NewTicker(downFor / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		due := l.down && !time.Now().Before(l.nextProbe)
+		l.mu.Unlock()
+		if !due {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		err := l.client.Probe(pctx)
+		cancel()
+		if err == nil {
+			l.up()
+			l.kick()
+			continue
+		}
+		l.mu.Lock()
+		l.downStep = min(2*l.downStep, maxDownFor)
+		l.nextProbe = time.Now().Add(l.downStep)
+		l.lastErr = err.Error()
+		l.mu.Unlock()
+	}
 }
 
 // session returns the control session's id, or zero.
@@ -167,6 +205,7 @@ func (l *link) kick() {
 func (l *link) run(ctx context.Context, p *Proxy) {
 	defer close(l.done)
 	defer l.dropWarm()
+	go l.probeLoop(ctx)
 	for ctx.Err() == nil {
 		err := l.runSession(ctx, p)
 		if ctx.Err() != nil {
@@ -174,7 +213,7 @@ func (l *link) run(ctx context.Context, p *Proxy) {
 		}
 		wait := linkRetry/2 + rand.N(linkRetry)
 		if errors.Is(err, relayclient.ErrUnsupported) {
-			wait = time.Minute // WebSocket has no sessions: streams still work, nothing to keep
+			wait = 30 * time.Second // WebSocket has no sessions (transport auto may come back to native)
 		} else if errors.Is(err, errGoneAway) {
 			wait = 20*time.Millisecond + rand.N(80*time.Millisecond)
 		} else if err != nil {
@@ -196,7 +235,7 @@ func (l *link) runSession(ctx context.Context, p *Proxy) error {
 	if err != nil {
 		var se *status.Error
 		if !errors.Is(err, relayclient.ErrUnsupported) && !errors.As(err, &se) {
-			l.down(err)
+			l.markDown(err)
 		}
 		return err
 	}
@@ -274,6 +313,12 @@ func (l *link) fillWarm(ctx context.Context, ctl relayclient.Control, n int) {
 	}
 }
 
+// isTimeout reports an error that says the relay did not answer in time.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
 // relaySet is the proxy's relays, in configuration order.
 type relaySet struct {
 	links  []*link
@@ -285,10 +330,9 @@ type relaySet struct {
 // spread starts at the next one in turn, priority keeps the list order —
 // then the ones out of the spread, as a last resort.
 func (s *relaySet) order() []*link {
-	now := time.Now()
 	var good, bad []*link
 	for _, l := range s.links {
-		if l.healthy(now) {
+		if l.healthy() {
 			good = append(good, l)
 		} else {
 			bad = append(bad, l)
@@ -324,8 +368,11 @@ func retryable(err error) bool {
 func (s *relaySet) open(ctx context.Context, c *rules.ProxyConnection, early []byte) (net.Conn, error) {
 	var errs []error
 	for _, l := range s.order() {
-		for try := 0; try < 2; try++ {
-			warm := l.takeWarm()
+		for try := 0; try < 3; try++ {
+			var warm *relayclient.Warm
+			if try == 0 {
+				warm = l.takeWarm()
+			}
 			req := relayclient.OpenRequest{HC: c.Name, Token: l.token(c), Target: c.Endpoint, Early: early,
 				Session: l.session(), Warm: warm, FirstAnswer: FirstAnswer}
 			conn, err := l.client.OpenStream(ctx, req)
@@ -338,12 +385,21 @@ func (s *relaySet) open(ctx context.Context, c *rules.ProxyConnection, early []b
 				return nil, err
 			}
 			var se *status.Error
-			if warm != nil && !errors.As(err, &se) {
-				continue // a warm connection the relay dropped: once more, fresh
+			switch {
+			case isTimeout(err):
+				// Frozen or unreachable: out of the spread until a probe
+				// says otherwise; the next relay now.
+			case !errors.As(err, &se) && warm != nil:
+				continue // a warm connection the relay had dropped: once more, fresh
+			case se != nil && se.Code == status.ShuttingDown && try < 2:
+				// A relay handing over its ports: a fresh connection
+				// reaches the one taking over.
+				time.Sleep(20 * time.Millisecond)
+				continue
 			}
 			errs = append(errs, fmt.Errorf("relay %s: %w", l.client, err))
-			if !errors.As(err, &se) {
-				l.down(err) // unreachable or frozen: not for the next streams
+			if se == nil {
+				l.markDown(err) // unreachable or frozen: not for the next streams
 			}
 			if !retryable(err) {
 				return nil, errors.Join(errs...)

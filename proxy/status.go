@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"sort"
-	"time"
 
 	"github.com/hybridconn/hybrid/internal/admin"
+	"github.com/hybridconn/hybrid/internal/relayclient"
 )
 
 // Status is the proxy's part of /status.
@@ -27,6 +27,7 @@ type LinkStatus struct {
 	Healthy   bool   `json:"healthy"`
 	Session   bool   `json:"session"`
 	Transport string `json:"transport"`
+	Fallback  string `json:"fallback,omitempty"` // why transport auto uses WebSocket
 	Warm      int    `json:"warm"`
 	Streams   int64  `json:"streams_opened"`
 	LastError string `json:"last_error,omitempty"`
@@ -42,12 +43,11 @@ type Forward struct {
 func (p *Proxy) Status() Status {
 	st := Status{Counters: map[string]int64{"streams_opened": p.opened.Load(), "streams_refused": p.refused.Load(),
 		"socks_bad_handshakes": p.socksBad.Load(), "socks_busy": p.socksBusy.Load()}}
-	now := time.Now()
 	for _, l := range p.relays.Load().links {
 		st.Relays = append(st.Relays, l.client.String())
 		l.mu.Lock()
-		st.Links = append(st.Links, LinkStatus{Relay: l.client.String(), Healthy: !now.Before(l.downUntil),
-			Session: l.ctl != nil, Transport: l.client.Transport(), Warm: len(l.warm), Streams: l.opened.Load(), LastError: l.lastErr})
+		st.Links = append(st.Links, LinkStatus{Relay: l.client.String(), Healthy: !l.down,
+			Session: l.ctl != nil, Transport: l.client.Transport(), Fallback: fallbackOf(l.client), Warm: len(l.warm), Streams: l.opened.Load(), LastError: l.lastErr})
 		l.mu.Unlock()
 	}
 	p.mu.Lock()
@@ -68,6 +68,16 @@ func (p *Proxy) Status() Status {
 	p.mu.Unlock()
 	sort.Slice(st.Forwarding, func(i, j int) bool { return st.Forwarding[i].Listen < st.Forwarding[j].Listen })
 	return st
+}
+
+// fallbackOf says why c (transport auto) uses WebSocket, or "".
+func fallbackOf(c relayclient.Client) string {
+	if f, ok := c.(relayclient.Fallbacker); ok {
+		if err := f.Fallback(); err != nil {
+			return err.Error()
+		}
+	}
+	return ""
 }
 
 // Register publishes the proxy's metrics and status on a.

@@ -305,8 +305,13 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	if l.Admin != nil && s.admin != nil {
 		run(func() error { return admin.ServeListener(adminCtx, l.Admin, s.admin.Handler(), s.log.Named("admin")) })
 	}
+	// Streams being set up when a stop is asked for still complete: the
+	// relay serves on until it hands over, so their context ends only when
+	// the core shuts down.
+	streamCtx, stopStreams := context.WithCancel(context.Background())
+	defer stopStreams()
 	run(func() error { return s.door.serve(ctx, control, s.door.serveControl) })
-	run(func() error { return s.door.serve(ctx, data, s.door.serveData) })
+	run(func() error { return s.door.serve(streamCtx, data, s.door.serveData) })
 	run(func() error {
 		if err := hs.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -348,6 +353,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	}
 	s.log.Info("relay stopped accepting; live streams drain", "drain_grace", drain)
 	s.ws.shutdown() // hijacked control channels: hs.Shutdown ignores them
+	stopStreams()
 	s.core.Shutdown(gctx)
 	<-httpDone
 	s.door.closeAll()

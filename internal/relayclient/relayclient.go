@@ -79,6 +79,10 @@ type Client interface {
 	// Check asks whether token grants right (sas.Listen or sas.Send) on hc,
 	// opening nothing. A refusal is a *status.Error.
 	Check(ctx context.Context, hc, token string, right sas.Rights) error
+	// Probe checks that the relay answers, opening nothing: its native
+	// control port speaks the protocol, or (WebSocket) its http port
+	// answers /healthz.
+	Probe(ctx context.Context) error
 	// Transport names the protocol in use now: TransportTCP or
 	// TransportWebSocket (auto mode reports its current choice).
 	Transport() string

@@ -222,6 +222,25 @@ func (c *wsClient) OpenStream(ctx context.Context, req OpenRequest) (net.Conn, e
 	return ws, nil
 }
 
+// Probe implements Client: the http port answers a GET /healthz (any HTTP
+// answer will do: Azure Relay has no /healthz, but it does answer).
+func (c *wsClient) Probe(ctx context.Context) error {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.n.dial(ctx, c.n.ep.HTTP) },
+	}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(c.n.ep.Host, strconv.Itoa(c.n.ep.HTTP))+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: HandshakeTimeout}).Do(req)
+	if err != nil {
+		return fmt.Errorf("relay %s: %w", c, err)
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // Connect implements Client: Azure's protocol has no sender sessions.
 func (c *wsClient) Connect(context.Context, string, string) (Control, error) {
 	return nil, ErrUnsupported
@@ -720,6 +739,12 @@ type auto struct {
 	until  time.Time
 }
 
+// Fallbacker is implemented by clients of transport auto: Fallback says
+// why the WebSocket fallback is in use (nil on native).
+type Fallbacker interface {
+	Fallback() error
+}
+
 // Reprober is implemented by clients of transport auto: NativeBack probes
 // the native protocol and, if it answers, makes it the choice again. A
 // channel on the WebSocket fallback calls it now and then to move back.
@@ -835,6 +860,8 @@ func (a *auto) Listen(ctx context.Context, name, version string) (Control, error
 func (a *auto) Connect(ctx context.Context, name, version string) (Control, error) {
 	return a.pick(ctx).Connect(ctx, name, version)
 }
+
+func (a *auto) Probe(ctx context.Context) error { return a.pick(ctx).Probe(ctx) }
 
 func (a *auto) Check(ctx context.Context, hc, token string, right sas.Rights) error {
 	return a.pick(ctx).Check(ctx, hc, token, right)
