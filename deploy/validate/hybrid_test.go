@@ -88,7 +88,7 @@ type checkResult struct {
 func hybridCheck(t *testing.T, file string, env []string) checkResult {
 	t.Helper()
 	cmd := exec.Command(hybridBin, "check", "--config", file)
-	cmd.Env = env
+	cmd.Env = append([]string{}, env...) // never nil: nil would pass on the test's own environment
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -47,6 +47,10 @@ const (
 	// graceMargin is what terminationGracePeriodSeconds and TimeoutStopSec
 	// must leave beyond the relay's own stop, for the last closes and exit.
 	graceMargin = 30 * time.Second
+	// roleGrace is how long an agent or a proxy lets live streams finish
+	// after SIGTERM (agent.DefaultGrace, proxy.DefaultGrace); twice that
+	// leaves room for the rest of its stop.
+	roleGrace = 10 * time.Second
 )
 
 // kustomization is the part of kustomize's Kustomization these manifests
@@ -921,6 +925,9 @@ func (b *bundle) checkHybridContainer(t *testing.T, w workload, c *corev1.Contai
 	}
 	probe("livenessProbe", c.LivenessProbe, "/healthz")
 
+	if grace := time.Duration(ptrOr(w.template.Spec.TerminationGracePeriodSeconds, 30)) * time.Second; role != "relay" && grace < 2*roleGrace {
+		t.Errorf("terminationGracePeriodSeconds %v: want at least %v (the %s gives live streams %v)", grace, 2*roleGrace, role, roleGrace)
+	}
 	switch role {
 	case "relay":
 		b.checkRelay(t, w, c, cfg, env, declare, probe)
