@@ -371,7 +371,7 @@ func TestSystemdConfigs(t *testing.T) {
 			}
 			r := hybridCheck(t, file, []string{})
 			if !strings.Contains(r.summary, role) {
-				t.Errorf("hybrid check: %q, want a %s", r.summary, role)
+				t.Errorf("hybrid check: %q, want one naming the %s section", r.summary, role)
 			}
 			for _, other := range []string{"relay", "agent", "proxy"} {
 				if _, ok := cfg.get(other); ok != (other == role) {
