@@ -131,6 +131,7 @@ func TestKubernetes(t *testing.T) {
 		dir := filepath.Dir(k)
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			b := load(t, dir)
+			b.kustomizeBuild(t)
 			b.checkObjects(t)
 			b.checkWorkloads(t)
 			b.checkServices(t)
