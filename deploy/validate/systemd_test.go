@@ -56,13 +56,15 @@ func (u unit) last(section, key string) string {
 	return vs[len(vs)-1]
 }
 
+var spanPart = regexp.MustCompile(`(\d+)\s*([a-z]*)`)
+
 // systemdSpan parses a systemd time span ("11min", "30s", "1min 30s").
 func systemdSpan(s string) (time.Duration, error) {
 	units := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "": time.Second,
 		"s": time.Second, "sec": time.Second, "m": time.Minute, "min": time.Minute, "h": time.Hour, "hr": time.Hour}
 	var total time.Duration
-	parts := regexp.MustCompile(`(\d+)\s*([a-z]*)`).FindAllStringSubmatch(s, -1)
-	if len(parts) == 0 || strings.TrimSpace(regexp.MustCompile(`(\d+)\s*([a-z]*)`).ReplaceAllString(s, "")) != "" {
+	parts := spanPart.FindAllStringSubmatch(s, -1)
+	if len(parts) == 0 || strings.TrimSpace(spanPart.ReplaceAllString(s, "")) != "" {
 		return 0, fmt.Errorf("time span %q", s)
 	}
 	for _, p := range parts {
