@@ -19,7 +19,7 @@ DIST      ?= dist
 # Archive entries carry the commit's time, so the archives are reproducible.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build run test unit fuzz bench examples dist docker clean
+.PHONY: all build run test unit fuzz bench examples dist docker deploy-check clean
 
 all: build
 
@@ -80,6 +80,17 @@ test:
 
 unit:
 	$(TESTSUM) -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+# The deployment files under deploy/, without a cluster: every Kubernetes
+# manifest decoded strictly against the API types and checked against the
+# others, each hybrid config in them run through `hybrid check` as its pod
+# would see it, and the systemd units through systemd-analyze. Its own
+# module (deploy/validate), so that the main one does not depend on k8s.io;
+# .ci/run calls it after make test.
+deploy-check: build
+	$(GO) build -o bin/testsum ./internal/tools/testsum
+	cd deploy/validate && $(GO) vet ./... && \
+	  HYBRID_BIN=$(abspath $(BIN)) GO=$(GO) ../../bin/testsum -count=1 ./...
 
 # The container image (Dockerfile), stamped like make build. Needs a Docker
 # engine.
