@@ -237,7 +237,15 @@ func (d *decoder) fleet(path string, n *yaml.Node) (*Fleet, []listenAddr) {
 	}
 	seen, ok := d.mapping(path, section(n), fields{
 		"redis": func(p string, v *yaml.Node) { f.Redis, _ = d.envString(p, v) },
-		"id":    func(p string, v *yaml.Node) { f.ID, _ = d.name(p, v, checkKeyName) },
+		"id": func(p string, v *yaml.Node) {
+			if s, ok := d.envString(p, v); ok {
+				if err := checkKeyName(s); err != nil {
+					d.fieldErr(p, "%v", err)
+				} else {
+					f.ID = s
+				}
+			}
+		},
 		"listen": func(p string, v *yaml.Node) {
 			if a, ok := d.listen(p, v); ok {
 				f.Listen = a.text
@@ -245,7 +253,7 @@ func (d *decoder) fleet(path string, n *yaml.Node) (*Fleet, []listenAddr) {
 			}
 		},
 		"advertise": func(p string, v *yaml.Node) {
-			if s, ok := d.str(p, v); ok {
+			if s, ok := d.envString(p, v); ok {
 				if h, port, err := net.SplitHostPort(s); err != nil || h == "" || port == "" || port == "0" {
 					d.fieldErr(p, "invalid address %q: want host:port that other relays can reach", s)
 				} else {

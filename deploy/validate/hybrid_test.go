@@ -66,11 +66,7 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 // does not do yet, field by field: `hybrid check` errors on exactly these
 // fields are logged, not failed, and a pending entry that no longer fails
 // anywhere fails the test, so that it is removed the day hybrid does it.
-var pending = map[string]string{
-	"relay.fleet.advertise": "a relay pod learns its own address only from the environment (the downward API's " +
-		"status.podIP): relay.fleet.advertise must accept \"${VAR}\" as its whole value, as fleet.redis does, " +
-		"and rules/ reads it as a literal host:port today",
-}
+var pending = map[string]string{}
 
 // pendingSeen records which pending fields some check ran into.
 var pendingSeen = map[string]bool{}
