@@ -90,6 +90,15 @@ type Grant struct {
 	Rotated time.Time
 }
 
+// Value returns the fingerprint of the key value that signed the grant.
+func (g Grant) Value() string { return g.value }
+
+// RemoteGrant rebuilds a sender's grant that another relay of the fleet
+// verified, from its parts.
+func RemoteGrant(hc, rule, value string, expiry time.Time) Grant {
+	return Grant{HC: hc, Rule: rule, value: value, Need: sas.Send, Expiry: expiry}
+}
+
 // fingerprint names a key value without keeping it: grants outlive the
 // config they came from and must not hold secrets.
 func fingerprint(v string) string {

@@ -180,6 +180,11 @@ type OpenRequest struct {
 	// (an agent is dialling, or the stream moves to another agent), so the
 	// front door can tell the sender to keep waiting.
 	Progress func()
+
+	// forwarded marks an open another relay of the fleet forwarded here:
+	// authorised there, never forwarded again.
+	forwarded bool
+	grant     Grant // the sender's grant, for a forwarded open
 }
 
 // Core is the relay's heart: who listens for what, authentication, pairing,
@@ -203,6 +208,78 @@ type Core struct {
 
 	stats Stats
 	fails *limit.Failures
+
+	// fleet carries streams to other relays; nil for a lone relay. prefix
+	// starts every stream and session id this relay makes, so a relay that
+	// receives a join, a park or a rendezvous for one can tell whose it is.
+	fleet  Fleet
+	prefix [4]byte
+}
+
+// Fleet is what the core needs of a relay fleet (relay/fleet provides it,
+// wired in by the binary; the core knows no directory and no Redis).
+type Fleet interface {
+	// HasRemote reports whether another relay has a listener for hc.
+	HasRemote(hc string) bool
+	// Forward offers a stream that no agent here can take to relays whose
+	// agents can; on success the connection carries it, joined. A refusal
+	// is a *status.Error; status.NoListener when no relay takes it (with
+	// "fleet directory unavailable" when the directory is down).
+	Forward(ctx context.Context, req RemoteOpen) (net.Conn, error)
+	// Reproved tells the other relays that a sender session of this one
+	// proved a key again (for its streams that run through them).
+	Reproved(session SessionID, hc string, g Grant)
+	// Changed nudges the fleet: a listener attached, left, or changed
+	// health here. It must not block (it may be called under the core's
+	// lock) and must not call back into the core.
+	Changed()
+	// Pipe hands a client's connection, whose first bytes (already read)
+	// are head, to the relay whose ids start with prefix, and carries
+	// bytes between them until either ends. kind is wire.PipeData or
+	// wire.PipeHTTP.
+	Pipe(ctx context.Context, prefix [4]byte, conn net.Conn, kind uint8, head []byte) error
+	// Status says how the fleet looks from here.
+	Status() FleetStatus
+}
+
+// FleetStatus is the fleet as one relay sees it.
+type FleetStatus struct {
+	ID        string `json:"id"`
+	Directory bool   `json:"directory"` // the directory answers
+	Relays    int    `json:"relays"`    // other relays it knows
+}
+
+// Listeners returns, by hybrid connection, how many agents here are
+// healthy and in rotation: what the fleet's directory advertises.
+func (c *Core) Listeners() map[string]int {
+	ping := c.cfg.Load().PingInterval
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for hc, h := range c.hcs {
+		for _, s := range h.listeners {
+			if rank, _ := s.rank(hc, now, ping); rank == 0 {
+				out[hc]++
+			}
+		}
+	}
+	return out
+}
+
+// RemoteOpen is a stream forwarded between relays: authorised where it
+// landed, served where its agent listens.
+type RemoteOpen struct {
+	HC, Target, SenderAddr string
+	// Grant is the sender's, as the landing relay verified it.
+	Grant Grant
+	Early []byte
+	// Session is the sender's control channel, if it named one (a session
+	// of any relay of the fleet).
+	Session SessionID
+	// Progress, if set, is called when the remote relay says it is
+	// working on it.
+	Progress func()
 }
 
 // Stats are the core's running counters.
@@ -264,11 +341,35 @@ func (c *Core) hcLocked(name string) *hcState {
 	return h
 }
 
-// newID returns random bytes for a stream or session id.
-func newID() ([16]byte, error) {
+// newID returns random bytes for a stream or session id, starting with
+// the relay's prefix in a fleet.
+func (c *Core) newID() ([16]byte, error) {
 	var id [16]byte
 	_, err := rand.Read(id[:])
+	if c.fleet != nil {
+		copy(id[:4], c.prefix[:])
+	}
 	return id, err
+}
+
+// SetFleet joins the core to a fleet, with prefix for its ids. Call it
+// before serving.
+func (c *Core) SetFleet(f Fleet, prefix [4]byte) {
+	c.fleet, c.prefix = f, prefix
+}
+
+// Foreign reports whether id (a stream's or a session's) was made by
+// another relay of the fleet, and that relay's prefix.
+func (c *Core) Foreign(id [16]byte) (prefix [4]byte, foreign bool) {
+	copy(prefix[:], id[:4])
+	return prefix, c.fleet != nil && prefix != c.prefix
+}
+
+// fleetChanged nudges the fleet when listeners change.
+func (c *Core) fleetChanged() {
+	if c.fleet != nil {
+		c.fleet.Changed()
+	}
 }
 
 // Open authenticates a sender, offers the stream to a listening agent (the
@@ -279,9 +380,17 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	if req.HC == "" {
 		return nil, status.Errorf(status.BadRequest, "no hybrid connection named")
 	}
-	grant, err := c.authorize(req.HC, req.Token, sas.Send, req.Remote)
-	if err != nil {
-		return nil, err
+	var grant Grant
+	if req.forwarded {
+		grant = req.grant
+		if c.auth.Load().judge(grant) == revoked {
+			return nil, status.Errorf(status.Unauthorized, "key %q revoked", grant.Rule)
+		}
+	} else {
+		var err error
+		if grant, err = c.authorize(req.HC, req.Token, sas.Send, req.Remote); err != nil {
+			return nil, err
+		}
 	}
 	cfg := c.cfg.Load()
 	c.mu.Lock()
@@ -315,12 +424,27 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	if sender != nil && (sender.role != roleSender || !sender.proves(req.HC)) {
 		sender = nil // only a sender session attached to hc may adopt the stream
 	}
+	var foreign SessionID
+	if _, ok := c.Foreign(req.Session); ok && sender == nil {
+		foreign = req.Session // re-proven through the fleet
+	}
 
 	tried := map[*Session]bool{}
 	var last error
 	for n := 0; n < maxAttempts; n++ {
 		s, err := c.choose(ctx, req.HC, tried, n > 0)
 		if err != nil {
+			if c.fleet != nil && !req.forwarded {
+				// No agent (left) here: one of the fleet's may take it.
+				pr, ferr := c.forward(ctx, req, grant)
+				if ferr == nil {
+					pr.senderSession, pr.foreignSession = sender, foreign
+					return pr, nil
+				}
+				if status.CodeOf(ferr) != status.NoListener || last == nil {
+					return nil, ferr
+				}
+			}
 			if last != nil {
 				return nil, last
 			}
@@ -335,7 +459,8 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 		}
 		pr, err := c.offer(ctx, cfg, s, req, grant)
 		if err == nil {
-			pr.senderSession = sender
+			pr.senderSession, pr.foreignSession = sender, foreign
+			pr.forwarded = req.forwarded
 			return pr, nil
 		}
 		if !transient(err) || ctx.Err() != nil {
@@ -388,6 +513,9 @@ func (c *Core) choose(ctx context.Context, hc string, tried map[*Session]bool, r
 		maybeComing := !retry && !waited && cfg.ListenerWait > 0 && len(h.listeners) == 0 &&
 			(now.Sub(c.started) < listenerWaitWindow || !h.lastLeft.IsZero() && now.Sub(h.lastLeft) < listenerWaitWindow)
 		c.mu.Unlock()
+		if best == nil && maybeComing && c.fleet != nil && c.fleet.HasRemote(hc) {
+			maybeComing = false // another relay has one now: no need to wait here
+		}
 		if best != nil {
 			return best, nil
 		}
@@ -469,7 +597,7 @@ func (a *attempt) finish() []answer {
 
 // offer offers a stream to agent s and waits for its answer.
 func (c *Core) offer(ctx context.Context, cfg *Config, s *Session, req OpenRequest, grant Grant) (*Pairing, error) {
-	id, err := newID()
+	id, err := c.newID()
 	if err != nil {
 		return nil, status.Errorf(status.Internal, "stream id: %v", err)
 	}
@@ -553,7 +681,9 @@ type Pairing struct {
 	HC    string
 	Agent Peer
 
-	agentSession, senderSession *Session
+	agentSession, senderSession *Session // agentSession is nil for a stream forwarded to another relay
+	foreignSession              SessionID // the sender's session, on another relay
+	forwarded                   bool      // forwarded here by another relay
 	early                       []byte
 	senderGrant, listenerGrant  Grant
 }
@@ -563,6 +693,27 @@ type Pairing struct {
 func (pr *Pairing) Abort() {
 	pr.agentSession.addActive(-1)
 	pr.Agent.abort()
+}
+
+// forward carries the stream to a relay of the fleet whose agent takes it.
+func (c *Core) forward(ctx context.Context, req OpenRequest, grant Grant) (*Pairing, error) {
+	conn, err := c.fleet.Forward(ctx, RemoteOpen{HC: req.HC, Target: req.Target, SenderAddr: req.Remote,
+		Grant: grant, Early: req.Early, Session: req.Session, Progress: req.Progress})
+	if err != nil {
+		return nil, err
+	}
+	id, _ := c.newID()
+	return &Pairing{ID: id, HC: req.HC, Agent: Peer{Conn: conn, Addr: conn.RemoteAddr().String(), EarlySent: true},
+		senderGrant: grant}, nil
+}
+
+// OpenForwarded opens a stream another relay of the fleet authorised and
+// carried here (over conn's peer connection), for a local agent; it is
+// never forwarded again. The grant is judged by this relay's rules too:
+// a key revoked here is refused.
+func (c *Core) OpenForwarded(ctx context.Context, r RemoteOpen, remote string) (*Pairing, error) {
+	return c.Open(ctx, OpenRequest{HC: r.HC, Target: r.Target, Remote: r.SenderAddr, Early: r.Early,
+		Session: r.Session, Progress: r.Progress, forwarded: true, grant: r.Grant})
 }
 
 // Join hands an agent's data connection to the stream it was notified of.

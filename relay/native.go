@@ -183,6 +183,19 @@ func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
 	// core tracks it.
 	conn.SetDeadline(time.Time{})
 	d.track(conn, false)
+	// Joins and parks for another relay of the fleet go there whole.
+	switch f := f.(type) {
+	case *wire.Join:
+		if p, ok := d.core.Foreign(f.ID); ok {
+			d.pipe(ctx, conn, p, f)
+			return
+		}
+	case *wire.Park:
+		if p, ok := d.core.Foreign(f.Session); ok {
+			d.pipe(ctx, conn, p, f)
+			return
+		}
+	}
 	switch f := f.(type) {
 	case *wire.Open:
 		d.open(ctx, conn, remote, f)
@@ -222,21 +235,36 @@ func (d *nativeDoor) open(ctx context.Context, conn net.Conn, remote string, f *
 	d.core.Splice(pr, Peer{Conn: conn, Addr: remote, Ready: func() error { return writeFrame(conn, &wire.Result{}) }})
 }
 
+// pipe hands a connection for another relay of the fleet to it.
+func (d *nativeDoor) pipe(ctx context.Context, conn net.Conn, prefix [4]byte, f wire.Frame) {
+	head := wire.Append([]byte(wire.Preface), f)
+	if err := d.core.fleet.Pipe(ctx, prefix, conn, wire.PipeData, head); err != nil {
+		d.refuse(conn, "data", status.Errorf(status.NotFound, "%s for another relay of the fleet: %v", f.Type(), err))
+	}
+}
+
 // warm holds a sender's pre-opened connection, tied to its session, until
-// its OPEN comes.
+// its OPEN comes. A session of another relay of the fleet (the proxy's
+// control channel landed there) is served here untied: its OPEN still
+// links the stream to that session through the fleet.
 func (d *nativeDoor) warm(ctx context.Context, conn net.Conn, remote string, f *wire.Warm) {
 	s := d.core.sessionByID(SessionID(f.Session))
-	if s == nil || s.role != RoleSender {
+	_, foreign := d.core.Foreign(f.Session)
+	if (s == nil || s.role != RoleSender) && !foreign {
 		d.refuse(conn, "warm", status.Errorf(status.NotFound, "no sender session %s here", SessionID(f.Session)))
 		return
 	}
-	if err := s.Tie(conn); err != nil {
-		d.refuse(conn, "warm", err)
-		return
+	if s != nil {
+		if err := s.Tie(conn); err != nil {
+			d.refuse(conn, "warm", err)
+			return
+		}
 	}
 	keepAliveOn(conn)
 	next, err := wire.Read(conn) // waits as long as the session lives
-	s.Untie(conn)
+	if s != nil {
+		s.Untie(conn)
+	}
 	if err != nil {
 		conn.Close()
 		return

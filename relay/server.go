@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,7 @@ import (
 	"github.com/hybridconn/hybrid/internal/connlimit"
 	"github.com/hybridconn/hybrid/internal/safefile"
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/wire"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -67,6 +69,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	limited map[string]*connlimit.Listener // by listener name, once serving
+	inject  *injectListener                // HTTP connections handed over by the fleet
 }
 
 // New validates cfg into a server. It does not listen yet.
@@ -134,6 +137,9 @@ func (s *Server) loadCert(t *rules.TLS) error {
 // refused so the running relay stays as it is.
 func (s *Server) Apply(cfg *rules.Relay) error {
 	old := s.cfg.Load()
+	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
+		return errors.New("relay: fleet settings changed: restart the relay to apply")
+	}
 	if cfg.Listen != old.Listen || cfg.Admin != old.Admin {
 		return fmt.Errorf("relay: listen addresses changed (%+v → %+v): restart the relay to apply", old.Listen, cfg.Listen)
 	}
@@ -188,6 +194,51 @@ func (s *Server) awaitSuccessor(l *Listeners) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.log.Info("no new relay took over the ports", "waited", wait)
+}
+
+// TLSConfig returns the relay's TLS server configuration, nil without TLS.
+func (s *Server) TLSConfig() *tls.Config { return s.tls }
+
+// SetFleet joins the relay to a fleet (relay/fleet), with prefix for the
+// ids it makes. Call it before Serve.
+func (s *Server) SetFleet(f Fleet, prefix [4]byte) { s.core.SetFleet(f, prefix) }
+
+// ServePeerOpen serves a stream another relay of the fleet authorised and
+// carried here on conn (after its PEEROPEN): paired with a local agent,
+// then copied; conn is the core's from here.
+func (s *Server) ServePeerOpen(ctx context.Context, conn net.Conn, f *wire.PeerOpen) {
+	var exp time.Time
+	if f.Expiry > 0 {
+		exp = time.Unix(int64(f.Expiry), 0)
+	}
+	remote := conn.RemoteAddr().String()
+	pr, err := s.core.OpenForwarded(ctx, RemoteOpen{HC: f.HC, Target: f.Target, SenderAddr: f.SenderAddr,
+		Grant: RemoteGrant(f.HC, f.SenderKey, f.Value, exp), Early: f.Early, Session: SessionID(f.Session),
+		Progress: func() { writeFrame(conn, &wire.Progress{}) }}, remote)
+	if err != nil {
+		s.log.Warn("forwarded stream refused", "hc", f.HC, "from_relay", f.SenderRelay, "sender", f.SenderAddr, "error", err)
+		s.door.refuse(conn, "", err)
+		return
+	}
+	s.core.Splice(pr, Peer{Conn: conn, Addr: remote, Ready: func() error { return writeFrame(conn, &wire.Result{}) }})
+}
+
+// ServeDataConn serves a data-port connection another relay of the fleet
+// handed over whole (a join or park for this relay), as if it had landed
+// here.
+func (s *Server) ServeDataConn(ctx context.Context, conn net.Conn) {
+	s.door.track(conn, true)
+	s.door.serveData(ctx, conn)
+}
+
+// ServeHTTPConn serves an HTTP connection another relay of the fleet
+// handed over whole (a WebSocket rendezvous for this relay). It returns at
+// once; false when the relay is not serving.
+func (s *Server) ServeHTTPConn(conn net.Conn) bool {
+	s.mu.Lock()
+	in := s.inject
+	s.mu.Unlock()
+	return in != nil && in.give(conn)
 }
 
 // Core returns the server's core.
@@ -290,7 +341,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 		ErrorLog: s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	run := func(f func() error) {
 		wg.Add(1)
 		go func() {
@@ -314,6 +365,16 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	run(func() error { return s.door.serve(streamCtx, data, s.door.serveData) })
 	run(func() error {
 		if err := hs.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	inject := newInjectListener(l.HTTP.Addr())
+	s.mu.Lock()
+	s.inject = inject
+	s.mu.Unlock()
+	run(func() error {
+		if err := hs.Serve(inject); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil

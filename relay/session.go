@@ -78,7 +78,7 @@ func (c *Core) NewSession(conn ListenerConn, remote, name string) (*Session, err
 
 // NewSessionRole registers a control channel of the given role.
 func (c *Core) NewSessionRole(conn ListenerConn, role Role, remote, name string) (*Session, error) {
-	id, err := newID()
+	id, err := c.newID()
 	if err != nil {
 		return nil, status.Errorf(status.Internal, "session id: %v", err)
 	}
@@ -127,7 +127,11 @@ func (s *Session) missedJoin() {
 	s.mu.Unlock()
 }
 
-func (s *Session) addActive(n int64) { s.active.Add(n) }
+func (s *Session) addActive(n int64) {
+	if s != nil {
+		s.active.Add(n)
+	}
+}
 
 // rank orders agents for a new stream of hc: 0 healthy and in rotation,
 // 1 in rotation but its endpoint unreachable, 2 out of rotation (missed a
@@ -176,6 +180,7 @@ func (s *Session) setHealth(hc string, healthy bool, why string) {
 	}
 	s.mu.Unlock()
 	if changed {
+		s.core.fleetChanged()
 		if healthy {
 			s.core.log.Info("agent reaches its endpoint again", "hc", hc, "agent", s.name, "remote", s.remote)
 		} else {
@@ -237,6 +242,13 @@ func (s *Session) Attach(hc, token string) error {
 		}
 	}
 	c.mu.Unlock()
+	if c.fleet != nil {
+		if s.role == RoleSender {
+			c.fleet.Reproved(s.id, hc, g)
+		} else {
+			c.fleet.Changed()
+		}
+	}
 	kind := "agent listening"
 	if s.role == RoleSender {
 		kind = "sender session attached"
@@ -282,6 +294,9 @@ func (s *Session) detachLocked(hc string) {
 		if len(h.listeners) == 0 {
 			h.lastLeft = time.Now()
 		}
+	}
+	if c.fleet != nil {
+		c.fleet.Changed() // it never blocks
 	}
 	c.log.Info("agent stopped listening", "hc", hc, "agent", s.name, "remote", s.remote)
 }

@@ -13,8 +13,10 @@ type activeStream struct {
 	id                          StreamID
 	hc                          string
 	joint                       *stream.Joint
-	agentSession, senderSession *Session // the senderSession may be nil
-	senderGrant, listenerGrant  Grant    // guarded by Core.mu
+	agentSession, senderSession *Session  // either may be nil
+	foreignSession              SessionID // the sender's session on another relay of the fleet
+	forwarded                   bool      // authorised by another relay, which judges rotation
+	senderGrant, listenerGrant  Grant     // guarded by Core.mu
 	senderKey                   string
 	start                       time.Time
 }
@@ -29,6 +31,7 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 	agent := pr.Agent
 	joint := stream.NewJoint(sender.Conn, agent.Conn)
 	st := &activeStream{id: pr.ID, hc: pr.HC, joint: joint, agentSession: pr.agentSession, senderSession: pr.senderSession,
+		foreignSession: pr.foreignSession, forwarded: pr.forwarded,
 		senderGrant: pr.senderGrant, listenerGrant: pr.listenerGrant, senderKey: pr.senderGrant.Rule, start: time.Now()}
 	c.mu.Lock()
 	if c.closing {
@@ -151,9 +154,21 @@ func (c *Core) sweep(now time.Time) {
 		s.mu.Unlock()
 	}
 	for st := range c.streams {
-		if end, why := judge(&st.senderGrant); end {
+		if st.forwarded {
+			// The relay the sender is on judges rotation; revocation is
+			// the same everywhere.
+			if a.judge(st.senderGrant) == revoked {
+				cut = append(cut, ending{st, "key revoked or connection removed"})
+				continue
+			}
+		} else if end, why := judge(&st.senderGrant); end {
 			cut = append(cut, ending{st, why})
-		} else if end, why := judge(&st.listenerGrant); end {
+			continue
+		}
+		if st.agentSession == nil {
+			continue // carried to another relay: its listener grant is judged there
+		}
+		if end, why := judge(&st.listenerGrant); end {
 			cut = append(cut, ending{st, why})
 		}
 	}
@@ -170,6 +185,18 @@ func (c *Core) sweep(now time.Time) {
 		c.log.Warn("stream ended", "hc", e.st.hc, "stream", e.st.id.String(), "reason", e.why,
 			"sender_key", e.st.senderGrant.Rule, "listener_key", e.st.listenerGrant.Rule)
 		e.st.cut()
+	}
+}
+
+// Reprove applies a proof of a key on a sender session of another relay of
+// the fleet to the streams that session opened here.
+func (c *Core) Reprove(session SessionID, hc string, g Grant) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for st := range c.streams {
+		if st.foreignSession == session && st.hc == hc {
+			st.senderGrant = g
+		}
 	}
 }
 

@@ -9,11 +9,13 @@ import (
 
 // Status is the relay's part of /status.
 type Status struct {
-	Namespace     string           `json:"namespace"`
-	Agents        []AgentStatus    `json:"agents"`
-	Listening     map[string]int   `json:"listening"` // agents per hybrid connection
-	StreamsActive int              `json:"streams_active"`
-	Counters      map[string]int64 `json:"counters"`
+	Namespace     string         `json:"namespace"`
+	Agents        []AgentStatus  `json:"agents"`
+	Listening     map[string]int `json:"listening"` // agents per hybrid connection
+	StreamsActive int            `json:"streams_active"`
+	// Fleet is set when the relay belongs to a fleet.
+	Fleet    *FleetStatus     `json:"fleet,omitempty"`
+	Counters map[string]int64 `json:"counters"`
 }
 
 // AgentStatus is one control channel: an agent's, or a sender's (role
@@ -69,6 +71,10 @@ func (s *Server) Status() Status {
 		}
 	}
 	st.StreamsActive = len(c.streams)
+	if c.fleet != nil {
+		fs := c.fleet.Status()
+		st.Fleet = &fs
+	}
 	c.mu.Unlock()
 	sort.Slice(st.Agents, func(i, j int) bool { return st.Agents[i].Remote < st.Agents[j].Remote })
 	return st

@@ -738,3 +738,35 @@ func TestSecurityWarnings(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetSection: relay.fleet is checked whole: a directory URL, a
+// listen address, a credential, an address others reach it at.
+func TestFleetSection(t *testing.T) {
+	base := "relay:\n  keys: [{name: k, rights: [manage], primary: \"0123456789abcdef0123\"}]\n  fleet:\n"
+	ok := base + "    redis: \"redis://127.0.0.1:6379/0\"\n    id: relay-a\n    listen: 127.0.0.1:9353\n    secret: \"fleet-secret-0123456789\"\n"
+	c, err := Parse("hybrid.yaml", []byte(ok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := c.Relay.Fleet; f == nil || f.ID != "relay-a" || f.Advertise != "127.0.0.1:9353" || f.Secret == "" {
+		t.Fatalf("fleet %+v", c.Relay.Fleet)
+	}
+	t.Setenv("HYBRID_TEST_ADVERTISE", "10.1.2.3:9353")
+	for _, tt := range []struct{ body, want string }{
+		{"    listen: 127.0.0.1:9353\n    secret: \"fleet-secret-0123456789\"\n", "relay.fleet.redis: required"},
+		{"    redis: \"http://x\"\n    listen: 127.0.0.1:9353\n    secret: \"fleet-secret-0123456789\"\n", "want redis://"},
+		{"    redis: \"redis://x:1\"\n    listen: 127.0.0.1:9353\n", "never open unauthenticated"},
+		{"    redis: \"redis://x:1\"\n    listen: 0.0.0.0:9353\n    secret: \"fleet-secret-0123456789\"\n", "relay.fleet.advertise: required"},
+		{"    redis: \"redis://x:1\"\n    secret: \"fleet-secret-0123456789\"\n", "relay.fleet.listen: required"},
+		{"    redis: \"redis://x:1\"\n    listen: 127.0.0.1:9353\n    advertise: \"${HYBRID_TEST_UNSET_ADV}\"\n    secret: \"fleet-secret-0123456789\"\n", "HYBRID_TEST_UNSET_ADV is not set"},
+	} {
+		_, err := Parse("hybrid.yaml", []byte(base+tt.body))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: err %v, want %q", tt.body, err, tt.want)
+		}
+	}
+	c, err = Parse("hybrid.yaml", []byte(strings.Replace(base, "relay:\n", "relay:\n  insecure: true\n", 1)+"    redis: \"redis-sentinel://a:26379,b:26379/master\"\n    listen: 0.0.0.0:9353\n    advertise: \"${HYBRID_TEST_ADVERTISE}\"\n    secret: \"fleet-secret-0123456789\"\n"))
+	if err != nil || c.Relay.Fleet.Advertise != "10.1.2.3:9353" {
+		t.Fatalf("advertise from the environment: %v %+v", err, c)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/hybridconn/hybrid/internal/logging"
 	"github.com/hybridconn/hybrid/proxy"
 	"github.com/hybridconn/hybrid/relay"
+	"github.com/hybridconn/hybrid/relay/fleet"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -291,7 +292,16 @@ func buildRoles(cfg *rules.Config, section string, log hclog.Logger, ad *admin.A
 				return nil, configErr(err)
 			}
 			s.Register(ad)
-			roles = append(roles, role{"relay", s.Run, func(c *rules.Config) error { return s.Apply(c.Relay) }, s.ReloadCertificate})
+			run := s.Run
+			if cfg.Relay.Fleet != nil {
+				f, err := fleet.New(cfg.Relay.Fleet, s.TLSConfig(), s, log.Named("fleet"))
+				if err != nil {
+					return nil, configErr(err)
+				}
+				s.SetFleet(f, f.Prefix())
+				run = func(ctx context.Context) error { return runFleet(ctx, s, f) }
+			}
+			roles = append(roles, role{"relay", run, func(c *rules.Config) error { return s.Apply(c.Relay) }, s.ReloadCertificate})
 		} else if section != "" {
 			return nil, missing(section)
 		}
@@ -457,4 +467,18 @@ func registerWatcher(ad *admin.Admin, w *rules.Watcher) {
 		return map[string]any{"file": w.Current().File, "reloads_succeeded": st.Succeeded, "reloads_failed": st.Failed,
 			"last_error": st.LastError, "last_error_time": st.LastErrorTime, "last_success_time": st.LastSuccessTime}
 	})
+}
+
+// runFleet runs a relay and its fleet membership together: the fleet
+// starts first (peers and the directory) and stops once the relay has.
+func runFleet(ctx context.Context, s *relay.Server, f *fleet.Fleet) error {
+	fctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(fctx) }()
+	err := s.Run(ctx)
+	stop()
+	if ferr := <-done; err == nil {
+		err = ferr
+	}
+	return err
 }

@@ -30,6 +30,18 @@
 //	  proxy → relay   preface, WARM{session}    a pre-opened connection; OPEN follows later
 //	  after an ok RESULT each side carries raw bytes.
 //
+//	peer connection, relay to relay in a fleet (preface "HYF\x01"):
+//	  B → A   PEERHELLO{relay, nonce}
+//	  A → B   PEERCHALLENGE{relay, nonce, mac}   mac proves A holds the fleet secret
+//	  B → A   PEERAUTH{mac}                      B's proof
+//	  A → B   RESULT{code}
+//	  then, on an idle authenticated connection, one of:
+//	  B → A   PEEROPEN{hc, target, key, value, expiry, addr, early}   a stream for A's agents
+//	          A → B   PROGRESS*, RESULT; raw bytes follow
+//	  B → A   PEERPIPE{kind}, then a client's whole connection as B read it
+//	          (a PARK, JOIN, WARM or OPEN for A's session or stream; an HTTP
+//	          rendezvous): A serves it as if it had landed on A
+//
 //	data connection for a credentials check (hybrid diagnose), nothing after:
 //	  client → relay  preface, CHECK{hc, token, right}
 //	  relay → client  RESULT{code, msg}
@@ -56,6 +68,9 @@ import (
 // name and version 2. A peer that sends anything else is refused before any
 // frame is parsed.
 const Preface = "HYB\x02"
+
+// PeerPreface opens a relay-to-relay connection in a fleet.
+const PeerPreface = "HYF\x01"
 
 // PrefaceV1 is the preface of protocol version 1. A relay answers it with a
 // RESULT of status.Version, so an old client says why it cannot connect.
@@ -100,6 +115,12 @@ const (
 	TypePark     Type = 0x25
 	TypeWarm     Type = 0x26
 	TypeProgress Type = 0x27
+
+	TypePeerHello     Type = 0x31
+	TypePeerChallenge Type = 0x32
+	TypePeerAuth      Type = 0x33
+	TypePeerOpen      Type = 0x34
+	TypePeerPipe      Type = 0x35
 )
 
 var typeNames = map[Type]string{
@@ -108,6 +129,8 @@ var typeNames = map[Type]string{
 	TypeAccept: "ACCEPT", TypeAttached: "ATTACHED", TypeWelcome: "WELCOME", TypeGoAway: "GOAWAY",
 	TypeOpen: "OPEN", TypeJoin: "JOIN", TypeResult: "RESULT", TypeCheck: "CHECK",
 	TypePark: "PARK", TypeWarm: "WARM", TypeProgress: "PROGRESS",
+	TypePeerHello: "PEERHELLO", TypePeerChallenge: "PEERCHALLENGE", TypePeerAuth: "PEERAUTH",
+	TypePeerOpen: "PEEROPEN", TypePeerPipe: "PEERPIPE",
 }
 
 // String returns the frame type's name.
@@ -267,6 +290,48 @@ type Warm struct{ Session SessionID }
 // the resource): keep waiting.
 type Progress struct{}
 
+// PeerHello opens a peer connection: who dials, and a fresh nonce.
+type PeerHello struct {
+	Relay string
+	Nonce [16]byte
+}
+
+// PeerChallenge answers PeerHello with the listener's nonce and its proof
+// (an HMAC of both nonces and the TLS session, keyed by the fleet secret;
+// zero without a secret).
+type PeerChallenge struct {
+	Relay string
+	Nonce [16]byte
+	MAC   [32]byte
+}
+
+// PeerAuth is the dialler's proof.
+type PeerAuth struct{ MAC [32]byte }
+
+// PeerOpen carries a stream authorised at the sending relay to a relay
+// whose agents listen for HC: the sender's grant travels as its key name,
+// the fingerprint of the key value and the token's expiry, so the
+// receiving relay can judge it after a reload (revocation) like its own.
+type PeerOpen struct {
+	HC, Target   string
+	SenderKey    string // the key (rule) name
+	Value        string // fingerprint of the key value
+	Expiry       uint64 // unix seconds; 0 for none
+	SenderAddr   string
+	Early        []byte
+	SenderRelay string    // the relay the sender is on, for logs
+	Session     SessionID // the sender's session (of any relay of the fleet), or zero
+}
+
+// Pipe kinds of PeerPipe.
+const (
+	PipeData uint8 = 1 // a data-port connection (its preface and frame follow)
+	PipeHTTP uint8 = 2 // an HTTP connection (its request follows)
+)
+
+// PeerPipe hands a whole client connection to the peer.
+type PeerPipe struct{ Kind uint8 }
+
 // Check asks the relay whether token grants Right (1 listen, 2 send) on HC,
 // without opening anything: it is how `hybrid diagnose` tests a key.
 type Check struct {
@@ -311,6 +376,40 @@ func (*Warm) Type() Type     { return TypeWarm }
 func (*Progress) Type() Type { return TypeProgress }
 func (*Result) Type() Type   { return TypeResult }
 func (*Check) Type() Type    { return TypeCheck }
+
+func (*PeerHello) Type() Type     { return TypePeerHello }
+func (*PeerChallenge) Type() Type { return TypePeerChallenge }
+func (*PeerAuth) Type() Type      { return TypePeerAuth }
+func (*PeerOpen) Type() Type      { return TypePeerOpen }
+func (*PeerPipe) Type() Type      { return TypePeerPipe }
+
+func (f *PeerHello) appendPayload(b []byte) []byte {
+	return append(appendStr(b, f.Relay), f.Nonce[:]...)
+}
+func (f *PeerChallenge) appendPayload(b []byte) []byte {
+	return append(append(appendStr(b, f.Relay), f.Nonce[:]...), f.MAC[:]...)
+}
+func (f *PeerAuth) appendPayload(b []byte) []byte { return append(b, f.MAC[:]...) }
+func (f *PeerOpen) appendPayload(b []byte) []byte {
+	b = appendStr(appendStr(appendStr(appendStr(b, f.HC), f.Target), f.SenderKey), f.Value)
+	b = binary.BigEndian.AppendUint64(b, f.Expiry)
+	b = appendBytes(appendStr(b, f.SenderAddr), f.Early)
+	return append(appendStr(b, f.SenderRelay), f.Session[:]...)
+}
+func (f *PeerPipe) appendPayload(b []byte) []byte { return append(b, f.Kind) }
+
+func (f *PeerHello) decode(d *decoder) { f.Relay, f.Nonce = d.str(), d.id() }
+func (f *PeerChallenge) decode(d *decoder) {
+	f.Relay, f.Nonce = d.str(), d.id()
+	copy(f.MAC[:], d.take(32))
+}
+func (f *PeerAuth) decode(d *decoder) { copy(f.MAC[:], d.take(32)) }
+func (f *PeerOpen) decode(d *decoder) {
+	f.HC, f.Target, f.SenderKey, f.Value = d.str(), d.str(), d.str(), d.str()
+	f.Expiry, f.SenderAddr, f.Early = d.u64(), d.str(), d.bytes()
+	f.SenderRelay, f.Session = d.str(), SessionID(d.id())
+}
+func (f *PeerPipe) decode(d *decoder) { f.Kind = d.u8() }
 
 func (f *Hello) appendPayload(b []byte) []byte {
 	return appendStr(appendStr(append(b, byte(f.Role)), f.Name), f.Version)
@@ -424,6 +523,16 @@ func newFrame(t Type) Frame {
 		return new(Result)
 	case TypeCheck:
 		return new(Check)
+	case TypePeerHello:
+		return new(PeerHello)
+	case TypePeerChallenge:
+		return new(PeerChallenge)
+	case TypePeerAuth:
+		return new(PeerAuth)
+	case TypePeerOpen:
+		return new(PeerOpen)
+	case TypePeerPipe:
+		return new(PeerPipe)
 	}
 	return nil
 }
@@ -466,6 +575,18 @@ func ReadPreface(r io.Reader) error {
 		return ErrOldVersion
 	}
 	return ErrBadPreface
+}
+
+// ReadPeerPreface reads a peer connection's preface.
+func ReadPeerPreface(r io.Reader) error {
+	var b [len(PeerPreface)]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return fmt.Errorf("read preface: %w", err)
+	}
+	if string(b[:]) != PeerPreface {
+		return ErrBadPreface
+	}
+	return nil
 }
 
 // Read reads one frame. It reads exactly the frame's bytes and nothing more,

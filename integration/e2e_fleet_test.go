@@ -1,0 +1,298 @@
+package integration
+
+// A relay fleet behind one address (issue 10): three relays sharing a
+// directory in a real redis-server, behind HAProxy in TCP mode (round
+// robin), with agents and proxies that know only HAProxy's address.
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hybridconn/hybrid/internal/wire"
+)
+
+const fleetSecret = "fleet-secret-for-tests-0123456789"
+
+// fleetEnv is a fleet: Redis, relays, HAProxy in front.
+type fleetEnv struct {
+	c         *cluster
+	redisPort int
+	redis     *Proc
+	redisDir  string
+	relays    []*crelay
+	peers     []string // each relay's fleet.listen
+	lb        *crelay  // HAProxy's front as agents and proxies name it
+	haproxy   *Proc
+}
+
+// startRedisAt starts redis-server on port (again).
+func (f *fleetEnv) startRedisAt(t *testing.T) {
+	t.Helper()
+	server := needProgram(t, "redis-server", "redis-server")
+	f.redis = startProcWith(t, ProcConfig{Label: fmt.Sprintf("redis-%d", f.redisPort), Dir: f.redisDir}, server,
+		"--port", strconv.Itoa(f.redisPort), "--bind", "127.0.0.1", "--protected-mode", "no",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", f.redisDir, "--logfile", "")
+	if err := e2eWaitOutput(f.redis, "Ready to accept connections", 30*time.Second); err != nil {
+		t.Fatalf("redis-server: %v\n%s", err, tailLines(f.redis.Output(), 20))
+	}
+}
+
+func (f *fleetEnv) fleetYAML(i int, id string) string {
+	return fmt.Sprintf("  fleet:\n    redis: \"redis://127.0.0.1:%d/0\"\n    id: %s\n    listen: %s\n    secret: %q\n",
+		f.redisPort, id, f.peers[i], fleetSecret)
+}
+
+// startFleet starts Redis, n relays of a fleet and HAProxy before them.
+func startFleet(t *testing.T, c *cluster, n int) *fleetEnv {
+	t.Helper()
+	f := &fleetEnv{c: c, redisPort: freePort(t), redisDir: t.TempDir()}
+	f.startRedisAt(t)
+	for i := 0; i < n; i++ {
+		f.peers = append(f.peers, freeAddr(t, "127.0.0.1"))
+		f.relays = append(f.relays, c.startRelay(t, f.fleetYAML(i, fmt.Sprintf("relay-%c", 'a'+i))))
+	}
+	for _, r := range f.relays { // every relay sees the others
+		r.Proc.WaitLog(t, "fleet member listening", e2eStartTimeout)
+	}
+	f.startHAProxy(t)
+	return f
+}
+
+// startHAProxy puts HAProxy (TCP mode, round robin, 500 ms health checks)
+// in front of the relays' control, data and http ports.
+func (f *fleetEnv) startHAProxy(t *testing.T) {
+	t.Helper()
+	bin := needProgram(t, "haproxy", "haproxy")
+	f.lb = &crelay{Control: freePort(t), Data: freePort(t), HTTP: freePort(t)}
+	var b strings.Builder
+	b.WriteString("global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n")
+	for _, fe := range []struct {
+		name string
+		port int
+		pick func(*crelay) int
+	}{
+		{"control", f.lb.Control, func(r *crelay) int { return r.Control }},
+		{"data", f.lb.Data, func(r *crelay) int { return r.Data }},
+		{"http", f.lb.HTTP, func(r *crelay) int { return r.HTTP }},
+	} {
+		fmt.Fprintf(&b, "frontend %s\n  bind 127.0.0.1:%d\n  default_backend %s_b\nbackend %s_b\n  balance roundrobin\n", fe.name, fe.port, fe.name, fe.name)
+		for i, r := range f.relays {
+			fmt.Fprintf(&b, "  server r%d 127.0.0.1:%d check inter 500ms fall 2 rise 1\n", i, fe.pick(r))
+		}
+	}
+	cfg := writeFile(t, t.TempDir(), "haproxy.cfg", b.String())
+	f.haproxy = startProcWith(t, ProcConfig{Label: "haproxy"}, bin, "-db", "-f", cfg)
+	waitTCP(t, fmt.Sprintf("127.0.0.1:%d", f.lb.Data), e2eStartTimeout)
+}
+
+// TestFleetBehindOneAddress: three relays behind HAProxy, two agents and
+// the proxies knowing only HAProxy: 1,000 native streams and 200 over
+// WebSocket, all served; pgbench through it, 0 failed; a 100 MiB transfer
+// intact across a forwarded stream.
+func TestFleetBehindOneAddress(t *testing.T) {
+	pg := startPostgres(t)
+	if out, err := pgbench(t, pg.DirectDSN(), "-i", "-s", "1", "-q"); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	echo := startPlainEcho(t)
+	sink := startSinkSource(t)
+	c := newCluster(t, "echo", "pg", "bulk")
+	f := startFleet(t, c, 3)
+	pubs := map[string]string{"echo": echo.Addr, "pg": pg.Addr(), "bulk": sink}
+	c.startAgent(t, []*crelay{f.lb}, pubs, "")
+	c.startAgent(t, []*crelay{f.lb}, pubs, "")
+	p := c.startProxy(t, []*crelay{f.lb}, []string{"echo", "pg"}, "")
+	ws := c.startProxy(t, []*crelay{f.lb}, []string{"echo"}, "  transport: websocket\n")
+
+	run := func(addr string, n int) (fails int64, first string) {
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		var firstErr atomic.Value
+		sem := make(chan struct{}, 10)
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := probe(addr); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}()
+		}
+		wg.Wait()
+		s, _ := firstErr.Load().(string)
+		return failed.Load(), s
+	}
+	nf, e1 := run(p.Listen["echo"], 1000)
+	wf, e2 := run(ws.Listen["echo"], 200)
+	t.Logf("fleet of 3 behind HAProxy: 1000 native streams, %d failed; 200 websocket streams, %d failed", nf, wf)
+	if nf != 0 || wf != 0 {
+		t.Fatalf("streams failed through the fleet: native %d (%s), websocket %d (%s)", nf, e1, wf, e2)
+	}
+
+	out, err := pgbench(t, pg.DSN("127.0.0.2", e2ePort(t, p.Listen["pg"])), "-c", "8", "-j", "2", "-T", "20")
+	failed, ok := pgbenchFailed(out)
+	tps, _ := pgbenchTPS(out)
+	t.Logf("pgbench -c 8 -T 20 through the fleet: %d failed, tps %.0f", failed, tps)
+	if err != nil || !ok || failed != 0 {
+		t.Fatalf("pgbench through the fleet: %v\n%s", err, out)
+	}
+
+	// A forwarded stream for sure: an agent on relay a only, a proxy on
+	// relay c only.
+	c2 := &cluster{Keys: map[string]hcKeys{"bulk": c.Keys["bulk"]}}
+	c2.startAgent(t, []*crelay{f.relays[0]}, map[string]string{"bulk": sink}, "")
+	pc := c2.startProxy(t, []*crelay{f.relays[2]}, []string{"bulk"}, "")
+	sent, got := uploadAndHash(t, pc.Listen["bulk"], 100<<20)
+	if sent != got {
+		t.Fatal("100 MiB upload across a forwarded stream: sha256 differs")
+	}
+	want, gotDown, n := downloadAndHash(t, pc.Listen["bulk"], 100<<20)
+	if want != gotDown || n != 100<<20 {
+		t.Fatalf("100 MiB download across a forwarded stream: %d bytes, digest match %v", n, want == gotDown)
+	}
+	t.Logf("100 MiB each way across a forwarded stream (relay c to relay a): sha256 equal")
+}
+
+// TestFleetFailures: a relay killed under a probe loop (new streams flow
+// again within 2 s, its directory entry gone within the lease), Redis
+// stopped (same-relay streams go on, cross-relay ones fail saying why) and
+// back (cross-relay streams within 2 s), revocation cutting a forwarded
+// stream within a second, and a peer without the fleet credential refused.
+func TestFleetFailures(t *testing.T) {
+	echo := startPlainEcho(t)
+	c := newCluster(t, "echo", "echo2")
+	f := startFleet(t, c, 3)
+	// Agents on relays a and b; a proxy through HAProxy.
+	c.startAgent(t, []*crelay{f.relays[0]}, map[string]string{"echo": echo.Addr, "echo2": echo.Addr}, "")
+	c.startAgent(t, []*crelay{f.relays[1]}, map[string]string{"echo": echo.Addr, "echo2": echo.Addr}, "")
+	p := c.startProxy(t, []*crelay{f.lb}, []string{"echo"}, "")
+	waitFor(t, "every relay to see both agents' relays", 10*time.Second, func() bool { return probe(p.Listen["echo"]) == nil })
+
+	t.Run("relay killed", func(t *testing.T) {
+		// A stream through relay a lives on when relay b dies.
+		pa := c.startProxy(t, []*crelay{f.relays[0]}, []string{"echo"}, "")
+		live := dialEcho(t, pa.Listen["echo"])
+		defer live.Close()
+		pr := startProber(p.Listen["echo"], 50*time.Millisecond)
+		time.Sleep(time.Second)
+		killed := time.Now()
+		f.relays[1].Proc.Kill()
+		time.Sleep(4 * time.Second)
+		times, failures := pr.end()
+		var lastFail time.Time
+		for _, s := range failures {
+			if ts, err := time.Parse("15:04:05.000", s[:12]); err == nil {
+				lastFail = ts
+			}
+		}
+		recovered := time.Duration(0)
+		if len(failures) > 0 {
+			k := killed
+			lf := time.Date(k.Year(), k.Month(), k.Day(), lastFail.Hour(), lastFail.Minute(), lastFail.Second(), lastFail.Nanosecond(), k.Location())
+			recovered = lf.Sub(killed)
+		}
+		t.Logf("relay b killed under a 50 ms probe loop: %d of %d probes failed, the last %v after the kill", len(failures), len(times), recovered.Round(time.Millisecond))
+		if recovered > 2*time.Second {
+			t.Fatalf("new streams failed until %v after the kill: %v", recovered, failures)
+		}
+		if err := echoOnce(live); err != nil {
+			t.Fatalf("a stream on relay a was cut when relay b died: %v", err)
+		}
+		// The directory forgets it within the lease.
+		waitFor(t, "relay b's directory entry to expire", 4*time.Second, func() bool {
+			out, _ := runCmd(t, 5*time.Second, "redis-cli", "-p", strconv.Itoa(f.redisPort), "exists", "hybrid:fleet:relay:relay-b")
+			return strings.TrimSpace(out) == "0"
+		})
+	})
+
+	t.Run("redis down and back", func(t *testing.T) {
+		// A proxy on relay c (no agent there: every stream crosses) and
+		// one on relay a (its agent is there: streams stay).
+		pc := c.startProxy(t, []*crelay{f.relays[2]}, []string{"echo"}, "")
+		pa := c.startProxy(t, []*crelay{f.relays[0]}, []string{"echo"}, "")
+		if err := probe(pc.Listen["echo"]); err != nil {
+			t.Fatalf("cross-relay stream before the outage: %v", err)
+		}
+		f.redis.Stop(t)
+		f.relays[2].Proc.WaitLog(t, "fleet directory unavailable", 15*time.Second)
+		if err := probe(pa.Listen["echo"]); err != nil {
+			t.Fatalf("same-relay stream without Redis: %v", err)
+		}
+		if err := probe(pc.Listen["echo"]); err == nil {
+			t.Fatal("a cross-relay stream worked without the directory")
+		}
+		pc.Proc.WaitLog(t, "fleet directory unavailable", 10*time.Second)
+		f.startRedisAt(t)
+		back := time.Now()
+		waitFor(t, "cross-relay streams after Redis is back", 10*time.Second, func() bool { return probe(pc.Listen["echo"]) == nil })
+		t.Logf("Redis back: cross-relay streams work again %v later", time.Since(back).Round(time.Millisecond))
+		if d := time.Since(back); d > 2500*time.Millisecond {
+			t.Fatalf("cross-relay streams came back %v after Redis, want <= 2s", d)
+		}
+	})
+
+	t.Run("revocation cuts a forwarded stream", func(t *testing.T) {
+		pc := c.startProxy(t, []*crelay{f.relays[2]}, []string{"echo2"}, "")
+		live := dialEcho(t, pc.Listen["echo2"])
+		defer live.Close()
+		delete(f.c.Keys, "echo2") // the connection removed on every relay
+		start := time.Now()
+		for i, r := range f.relays {
+			if i == 1 {
+				continue // killed above
+			}
+			saveRename(t, r.Config, f.c.relayYAML(r))
+		}
+		live.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := live.Read(make([]byte, 1)); err == nil {
+			t.Fatal("the forwarded stream outlived the revocation")
+		}
+		d := time.Since(start)
+		t.Logf("revocation by reload on every relay: forwarded stream cut %v after the saves", d.Round(time.Millisecond))
+		if d > time.Second {
+			t.Fatalf("cut after %v, want <= 1s", d)
+		}
+	})
+
+	t.Run("peer without the credential", func(t *testing.T) {
+		for _, secret := range []string{"", "not-the-fleet-secret-000000000"} {
+			conn, err := net.DialTimeout("tcp", f.peers[0], 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			conn.Write(wire.Append([]byte(wire.PeerPreface), &wire.PeerHello{Relay: "intruder"}))
+			fr, err := wire.Read(conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := fr.(*wire.PeerChallenge); !ok {
+				t.Fatalf("got %s", fr.Type())
+			}
+			var mac [32]byte
+			copy(mac[:], secret)
+			conn.Write(wire.Append(nil, &wire.PeerAuth{MAC: mac}))
+			fr, err = wire.Read(conn)
+			if r, ok := fr.(*wire.Result); err == nil && (!ok || r.Err() == nil) {
+				t.Fatalf("a peer with secret %q was accepted", secret)
+			}
+			// Nothing after the refusal: a PEEROPEN is not served.
+			conn.Write(wire.Append(nil, &wire.PeerOpen{HC: "echo"}))
+			if _, err := wire.Read(conn); err == nil {
+				t.Fatal("the refused peer's request was answered")
+			}
+			conn.Close()
+		}
+		f.relays[0].Proc.WaitLog(t, regexp.MustCompile(`peer connection refused: .*bad fleet credential`), 10*time.Second)
+	})
+}
