@@ -681,7 +681,7 @@ type Pairing struct {
 	HC    string
 	Agent Peer
 
-	agentSession, senderSession *Session // agentSession is nil for a stream forwarded to another relay
+	agentSession, senderSession *Session  // agentSession is nil for a stream forwarded to another relay
 	foreignSession              SessionID // the sender's session, on another relay
 	forwarded                   bool      // forwarded here by another relay
 	early                       []byte

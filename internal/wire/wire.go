@@ -313,12 +313,12 @@ type PeerAuth struct{ MAC [32]byte }
 // the fingerprint of the key value and the token's expiry, so the
 // receiving relay can judge it after a reload (revocation) like its own.
 type PeerOpen struct {
-	HC, Target   string
-	SenderKey    string // the key (rule) name
-	Value        string // fingerprint of the key value
-	Expiry       uint64 // unix seconds; 0 for none
-	SenderAddr   string
-	Early        []byte
+	HC, Target  string
+	SenderKey   string // the key (rule) name
+	Value       string // fingerprint of the key value
+	Expiry      uint64 // unix seconds; 0 for none
+	SenderAddr  string
+	Early       []byte
 	SenderRelay string    // the relay the sender is on, for logs
 	Session     SessionID // the sender's session (of any relay of the fleet), or zero
 }
