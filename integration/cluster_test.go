@@ -292,8 +292,8 @@ func rssKiB(t testing.TB, pid int) int64 {
 	return 0
 }
 
-// percentile returns the p-th percentile (0..100) of ds.
-func percentile(ds []time.Duration, p float64) time.Duration {
+// durPercentile returns the p-th percentile (0..100) of ds.
+func durPercentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
 	}

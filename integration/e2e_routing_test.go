@@ -112,10 +112,10 @@ func TestRoutingFrozenAgent(t *testing.T) {
 	times, failures := pr.end()
 	out := <-bench
 	failed, ok := pgbenchFailed(out)
-	p99 := percentile(during, 99)
+	p99 := durPercentile(during, 99)
 	t.Logf("one of two agents frozen 8 s under pgbench -C -c 8: %d failed transactions (aborted: %v); %d probes during the freeze, p50 %v p99 %v max %v; %d probe failures in %d",
-		failed, strings.Contains(out, "aborted"), len(during), percentile(during, 50).Round(time.Millisecond), p99.Round(time.Millisecond),
-		percentile(during, 100).Round(time.Millisecond), len(failures), len(times))
+		failed, strings.Contains(out, "aborted"), len(during), durPercentile(during, 50).Round(time.Millisecond), p99.Round(time.Millisecond),
+		durPercentile(during, 100).Round(time.Millisecond), len(failures), len(times))
 	if !ok || failed != 0 || strings.Contains(out, "aborted") || strings.Contains(out, "error:") {
 		t.Fatalf("pgbench with a frozen agent:\n%s", out)
 	}
@@ -246,9 +246,9 @@ func TestRoutingFrozenRelay(t *testing.T) {
 		}
 	}
 	t.Logf("one of two relays frozen: first stream %v; then p50 %v p99 %v (both up: p50 %v p99 %v)", first.Round(time.Millisecond),
-		percentile(frozen, 50).Round(time.Microsecond), percentile(frozen, 99).Round(time.Microsecond),
-		percentile(healthy, 50).Round(time.Microsecond), percentile(healthy, 99).Round(time.Microsecond))
-	if p99 := percentile(frozen, 99); p99 > 100*time.Millisecond {
+		durPercentile(frozen, 50).Round(time.Microsecond), durPercentile(frozen, 99).Round(time.Microsecond),
+		durPercentile(healthy, 50).Round(time.Microsecond), durPercentile(healthy, 99).Round(time.Microsecond))
+	if p99 := durPercentile(frozen, 99); p99 > 100*time.Millisecond {
 		t.Fatalf("with a frozen relay, new streams p99 %v, want <= 100ms", p99)
 	}
 }
@@ -310,7 +310,7 @@ func TestRoutingRestartNoOutage(t *testing.T) {
 		t.Fatalf("the psql session across the restart: %v", err)
 	}
 	t.Logf("relay restarted in place: agent on the new relay %v after SIGTERM; %d probes at 50 ms, %d failed, p99 %v; psql session survived",
-		attached.Round(time.Millisecond), len(times), len(failures), percentile(times, 99).Round(time.Millisecond))
+		attached.Round(time.Millisecond), len(times), len(failures), durPercentile(times, 99).Round(time.Millisecond))
 	if len(failures) > 0 {
 		t.Fatalf("%d probes failed across the restart: %v", len(failures), failures)
 	}
