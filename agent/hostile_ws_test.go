@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/net/websocket"
 
+	"github.com/hybridconn/hybrid/internal/wsconn"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -62,15 +62,14 @@ func TestHostileWebSocketRelay(t *testing.T) {
 	mux.HandleFunc("/$hc/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Query().Get("sb-hc-action") {
 		case "listen":
-			websocket.Server{Handshake: func(*websocket.Config, *http.Request) error { return nil },
-				Handler: func(ws *websocket.Conn) {
-					for addr := range notices {
-						msg := fmt.Sprintf(`{"accept":{"address":%q,"id":"00112233445566778899aabbccddeeff","connectHeaders":{},"remoteEndpoint":{"address":"203.0.113.9","port":4000}}}`, addr)
-						if err := websocket.Message.Send(ws, msg); err != nil {
-							return
-						}
+			wsconn.Upgrade(w, r, wsconn.UpgradeOptions{}, func(ws *wsconn.Conn) {
+				for addr := range notices {
+					msg := fmt.Sprintf(`{"accept":{"address":%q,"id":"00112233445566778899aabbccddeeff","connectHeaders":{},"remoteEndpoint":{"address":"203.0.113.9","port":4000}}}`, addr)
+					if err := ws.WriteMessage(wsconn.OpText, []byte(msg)); err != nil {
+						return
 					}
-				}}.ServeHTTP(w, r)
+				}
+			})
 		case "accept":
 			rendezvous.Add(1)
 			if r.Header.Get("ServiceBusAuthorization") != "" || r.URL.Query().Get("sb-hc-token") != "" {

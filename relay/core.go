@@ -113,6 +113,9 @@ type Accept struct {
 	// that can carry them with the notice (a parked connection) does; the
 	// others leave them to the core, which writes them once joined.
 	Early []byte
+	// Azure is what a WebSocket sender's request adds (azure.go); nil
+	// for native senders.
+	Azure *AzureOpen
 }
 
 // ListenerConn is a front door's side of a control channel: the core pushes
@@ -180,6 +183,8 @@ type OpenRequest struct {
 	// (an agent is dialling, or the stream moves to another agent), so the
 	// front door can tell the sender to keep waiting.
 	Progress func()
+	// Azure is passed to the listener (see Accept.Azure).
+	Azure *AzureOpen
 }
 
 // Core is the relay's heart: who listens for what, authentication, pairing,
@@ -203,6 +208,10 @@ type Core struct {
 
 	stats Stats
 	fails *limit.Failures
+	// maxListeners caps the sessions listening on one hybrid connection
+	// (admitListener, azure.go); 0 = no cap.
+	maxListeners atomic.Int64
+	requestTurn  int // HTTP mode's rotation over listeners (httpmode.go), under mu
 }
 
 // Stats are the core's running counters.
@@ -494,7 +503,7 @@ func (c *Core) offer(ctx context.Context, cfg *Config, s *Session, req OpenReque
 	}()
 
 	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote,
-		Headers: req.Headers, Early: req.Early}
+		Headers: req.Headers, Early: req.Early, Azure: req.Azure}
 	t := time.NewTimer(cfg.JoinTimeout)
 	defer t.Stop()
 	earlySent, err := s.deliver(ctx, at, acc, cfg.JoinTimeout)

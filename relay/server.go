@@ -79,7 +79,8 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 	s.cfg.Store(cfg)
 	s.core = NewCore(log, auth, coreConfig(cfg))
 	s.door = newNativeDoor(s.core, log)
-	s.ws = newWSDoor(s.core, log, cfg.TLS != nil)
+	s.ws = newWSDoor(s.core, log, cfg)
+	s.core.SetMaxListeners(cfg.MaxListeners)
 	if cfg.TLS != nil {
 		if err := s.loadCert(cfg.TLS); err != nil {
 			return nil, err
@@ -157,6 +158,8 @@ func (s *Server) Apply(cfg *rules.Relay) error {
 		cl.SetLimits(connlimit.Limits{Total: cfg.Limits.Connections, PerSource: cfg.Limits.PerSource})
 	}
 	s.mu.Unlock()
+	s.ws.set.Store(settingsOf(cfg))
+	s.core.SetMaxListeners(cfg.MaxListeners)
 	return nil
 }
 
@@ -280,6 +283,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 		})
 	}
 	mux.Handle("/$hc/", s.ws)
+	mux.HandleFunc("/", s.ws.serveRequest) // HTTP mode: /<hc>[/suffix]
 	// Timeouts: a request's head must arrive within HandshakeTimeout, a
 	// whole request within httpReadTimeout, and an idle keep-alive
 	// connection is closed after httpIdleTimeout, so slow or silent clients

@@ -43,7 +43,8 @@ type Conn struct {
 	readEOF   bool // a close frame was read
 	readErr   error
 
-	last atomic.Int64 // unix nanos of the last frame header read
+	last    atomic.Int64 // unix nanos of the last frame header read
+	onFrame atomic.Pointer[func()]
 
 	wsem       chan struct{} // the write lock (a channel, so Close can give up waiting)
 	wbuf       []byte        // reused: headers, control payloads, masked data
@@ -51,9 +52,10 @@ type Conn struct {
 	writingMsg bool // a MessageWriter is mid-message
 
 	mu          sync.Mutex
+	closeOnce   sync.Once
+	closeErr    error
 	closeCode   int // the peer's close, once read
 	closeReason string
-	closed      bool
 	onClose     int // code Close sends; 0 = CloseNormal
 	onReason    string
 }
@@ -107,9 +109,16 @@ func (c *Conn) nextHeader() (header, error) {
 	h, err := readHeader(c.br, &c.hbuf, c.server)
 	if err == nil {
 		c.last.Store(time.Now().UnixNano())
+		if f := c.onFrame.Load(); f != nil {
+			(*f)()
+		}
 	}
 	return h, err
 }
+
+// OnFrame has f called whenever a frame arrives (pings and pongs too), on
+// the reading goroutine: a session's sign of life.
+func (c *Conn) OnFrame(f func()) { c.onFrame.Store(&f) }
 
 // readControl reads the payload of control frame h (at most 125 bytes)
 // into the header buffer's sibling and handles it: ping is answered with a
@@ -256,17 +265,17 @@ func (c *Conn) NextReader() (byte, io.Reader, error) {
 			continue
 		}
 		if _, err := c.advance(false); err != nil {
-			return 0, nil, c.closeErr(err)
+			return 0, nil, c.asCloseError(err)
 		}
 	}
 	h, err := c.advance(true)
 	if err != nil {
-		return 0, nil, c.closeErr(err)
+		return 0, nil, c.asCloseError(err)
 	}
 	return h.op, &messageReader{c: c, last: h.fin}, nil
 }
 
-func (c *Conn) closeErr(err error) error {
+func (c *Conn) asCloseError(err error) error {
 	if err == io.EOF && c.readEOF {
 		code, reason := c.PeerClose()
 		return &CloseError{Code: code, Reason: reason}
@@ -506,20 +515,21 @@ func (c *Conn) CloseWrite() error {
 
 // Close sends a close frame if none was sent (the code set with
 // SetCloseStatus, else 1000) and closes the connection.
+//
+// Concurrent and later calls wait until the first has finished: whoever
+// closes, the close frame is out (or given up on) before the socket goes.
 func (c *Conn) Close() error {
-	c.mu.Lock()
-	if c.closed {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		code, reason := c.onClose, c.onReason
 		c.mu.Unlock()
-		return nil
-	}
-	c.closed = true
-	code, reason := c.onClose, c.onReason
-	c.mu.Unlock()
-	if code == 0 {
-		code = CloseNormal
-	}
-	c.WriteClose(code, reason)
-	return c.raw.Close()
+		if code == 0 {
+			code = CloseNormal
+		}
+		c.WriteClose(code, reason)
+		c.closeErr = c.raw.Close()
+	})
+	return c.closeErr
 }
 
 // CloseWith sends a close frame with code and reason (unless one was sent)

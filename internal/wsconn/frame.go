@@ -15,8 +15,9 @@
 //     frame and keeps reading, which is WebSocket's half-close);
 //   - a message connection (ReadMessage, NextReader, WriteMessage,
 //     NewMessageWriter) for control channels and HTTP bodies;
-//   - a frame relay (Relay): frames copied as they are, boundaries, types,
-//     fragments, pings and close codes intact.
+//   - a frame relay: io.Copy from one Conn to another (Conn.ReadFrom)
+//     copies frames as they are, boundaries, types, fragments, pings and
+//     close codes intact, each close ending only its own direction.
 //
 // Frame flow, as on the wire (RFC 6455 section 5.2):
 //

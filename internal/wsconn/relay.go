@@ -4,74 +4,78 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"math"
 	"sync"
 )
 
-// Counts are the payload bytes Relay moved each way.
-type Counts struct {
-	AToB, BToA int64
-}
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, chunk); return &b }}
 
-// Relay copies frames a→b and b→a as they are — data frames with their
-// type, fragmentation and boundaries, pings and pongs, close frames with
-// their code and reason — until both directions have carried a close frame
-// (or one fails), then closes both connections.
+// ReadFrom copies r into c; io.Copy uses it, and so stream.Pipe and the
+// relay's stream joints. When r is another WebSocket (a *Conn, something
+// with a WebSocket() *Conn method, or an *io.LimitedReader of either, as
+// io.CopyN makes), it copies frames as they are: data frames with their
+// type, fragmentation and boundaries, pings and pongs, and the close frame
+// with its code and reason, after which it returns (a close frame ends only
+// its own direction: WebSocket's half-close, which the .NET SDK's
+// ShutdownAsync and azbridge rely on). It stops at a frame boundary once
+// the limit is reached or passed. When r fails without a close frame, c's
+// close code becomes 1001 (going away: its peer is gone), or 1002 after a
+// protocol error, for when the caller closes it.
 //
-// A close frame ends only its own direction: after a sends close, b may go
-// on sending to a until b closes too. That is WebSocket's half-close, which
-// the .NET SDK's ShutdownAsync (and azbridge on every TCP FIN) relies on.
-// When a direction fails without a close frame (a reset, a protocol error),
-// the other side is sent 1001 (going away: its peer is gone) and both
-// connections are closed.
-//
-// Neither connection may be read by anyone else while Relay runs.
-func Relay(a, b *Conn) Counts {
-	var c Counts
-	var wg sync.WaitGroup
-	var once sync.Once
-	abort := func(from, to *Conn, err error) {
-		once.Do(func() {
+// Any other r is copied as bytes, one binary frame per read.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	limit := int64(math.MaxInt64)
+	src := r
+	if lr, ok := r.(*io.LimitedReader); ok {
+		src, limit = lr.R, lr.N
+	}
+	var ws *Conn
+	switch s := src.(type) {
+	case *Conn:
+		ws = s
+	case interface{ WebSocket() *Conn }:
+		ws = s.WebSocket()
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	if ws != nil {
+		n, err := relayFrames(ws, c, buf, limit)
+		if err != nil {
 			code, reason := CloseGoingAway, "peer connection lost"
 			if errors.Is(err, ErrProtocol) {
 				code, reason = CloseProtocolError, "peer broke the protocol"
 			}
-			to.WriteClose(code, reason)
-			a.raw.Close()
-			b.raw.Close()
-		})
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n, err := relayFrames(b, a)
-		c.BToA = n
-		if err != nil {
-			abort(b, a, err)
+			c.SetCloseStatus(code, reason)
 		}
-	}()
-	n, err := relayFrames(a, b)
-	c.AToB = n
-	if err != nil {
-		abort(a, b, err)
+		return n, err
 	}
-	wg.Wait()
-	a.mu.Lock()
-	a.closed = true
-	a.mu.Unlock()
-	b.mu.Lock()
-	b.closed = true
-	b.mu.Unlock()
-	a.raw.Close()
-	b.raw.Close()
-	return c
+	var n int64
+	for {
+		k, err := r.Read(buf)
+		if k > 0 {
+			if _, werr := c.Write(buf[:k]); werr != nil {
+				return n, werr
+			}
+			n += int64(k)
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
 }
 
 // relayFrames copies src's frames to dst until src's close frame has been
-// passed on (nil) or something fails.
-func relayFrames(src, dst *Conn) (int64, error) {
-	buf := make([]byte, chunk)
+// passed on or limit payload bytes are passed (nil), or something fails.
+func relayFrames(src, dst *Conn, buf []byte, limit int64) (int64, error) {
 	var n int64
-	for {
+	for n < limit {
+		if src.readEOF {
+			return n, nil // its close was passed on already
+		}
 		h, err := src.nextHeader()
 		if err != nil {
 			if err == io.EOF {
@@ -116,6 +120,7 @@ func relayFrames(src, dst *Conn) (int64, error) {
 		}
 		n += h.length
 	}
+	return n, nil
 }
 
 // relayData writes data frame h, whose payload is read from src, to c.

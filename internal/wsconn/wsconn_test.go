@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hybridconn/hybrid/internal/stream"
 )
 
 // tcpPair returns a client and a server Conn over loopback TCP.
@@ -172,8 +174,8 @@ func TestTooBigAndProtocolErrors(t *testing.T) {
 func TestRelay(t *testing.T) {
 	sender, relayA := tcpPair(t)
 	listener, relayB := tcpPair(t)
-	done := make(chan Counts, 1)
-	go func() { done <- Relay(relayA, relayB) }()
+	done := make(chan stream.Counts, 1)
+	go func() { done <- stream.Pipe(relayA, relayB) }() // io.Copy both ways: ReadFrom relays frames
 
 	go func() {
 		sender.WriteMessage(OpText, []byte("hello"))
@@ -285,7 +287,9 @@ type badVersion struct {
 
 func (b *badVersion) Write(p []byte) (int, error) {
 	n := len(p)
-	b.once.Do(func() { p = bytes.Replace(p, []byte("Sec-WebSocket-Version: 13"), []byte("Sec-WebSocket-Version: 99"), 1) })
+	b.once.Do(func() {
+		p = bytes.Replace(p, []byte("Sec-WebSocket-Version: 13"), []byte("Sec-WebSocket-Version: 99"), 1)
+	})
 	_, err := b.Conn.Write(p)
 	return n, err
 }
