@@ -70,6 +70,27 @@ func (a *Auth) byLength() []string {
 	return a.names
 }
 
+// escapedSuffix returns the escaped form of the path after the hybrid
+// connection's name hc in escaped path p (the name's segments skipped
+// whatever their escaping): "%2F" in a suffix must stay one segment.
+func escapedSuffix(p, hc string) string {
+	n := strings.Count(hc, "/") + 1
+	for i := 0; i < n; i++ {
+		j := strings.IndexByte(p, '/')
+		if j < 0 {
+			return ""
+		}
+		p = p[j+1:]
+		if i == n-1 {
+			if k := strings.IndexByte(p, '/'); k >= 0 {
+				return p[k:]
+			}
+			return ""
+		}
+	}
+	return ""
+}
+
 // senderQuery returns the query parameters of a sender's request that are
 // passed to the listener: every one not starting with "sb-" (Azure strips
 // its own, sb-hc-token above all), in their original order and encoding.

@@ -264,7 +264,7 @@ func (d *wsDoor) serveRequest(w http.ResponseWriter, r *http.Request) {
 	// hybrid connection's name, and the query without sb- parameters.
 	escSuffix := ""
 	if suffix != "" {
-		escSuffix = (&url.URL{Path: suffix}).EscapedPath()
+		escSuffix = escapedSuffix(r.URL.EscapedPath(), hc)
 	}
 	query := senderQuery(r.URL.RawQuery)
 	target := "/" + strings.TrimPrefix((&url.URL{Path: "/" + hc}).EscapedPath(), "/") + escSuffix

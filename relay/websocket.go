@@ -102,6 +102,9 @@ type wsDoor struct {
 	// requestTimeout is how long an HTTP-mode request waits for the
 	// listener's response (Azure: 60 s; tests shorten it).
 	requestTimeout time.Duration
+	// parkTime is how long an over-limit listener is held (parkTime;
+	// tests shorten it).
+	parkTime time.Duration
 
 	mu        sync.Mutex
 	closing   bool
@@ -115,8 +118,8 @@ type wsDoor struct {
 func newWSDoor(core *Core, log hclog.Logger, cfg *rules.Relay) *wsDoor {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &wsDoor{core: core, log: log, tls: cfg.TLS != nil, ctx: ctx, cancel: cancel,
-		requestTimeout: RequestTimeout,
-		conns:          map[*wsControl]struct{}{}, streams: map[*heldConn]struct{}{}, exchanges: map[string]*exchange{}}
+		requestTimeout: RequestTimeout, parkTime: parkTime,
+		conns: map[*wsControl]struct{}{}, streams: map[*heldConn]struct{}{}, exchanges: map[string]*exchange{}}
 	d.set.Store(settingsOf(cfg))
 	return d
 }
@@ -360,7 +363,7 @@ func (d *wsDoor) connect(w http.ResponseWriter, r *http.Request, hc, suffix, tok
 	}
 	az := &AzureOpen{Query: senderQuery(r.URL.RawQuery)}
 	if suffix != "" {
-		az.Suffix = (&url.URL{Path: suffix}).EscapedPath()
+		az.Suffix = escapedSuffix(strings.TrimPrefix(r.URL.EscapedPath(), "/$hc"), hc)
 	}
 	if t := r.URL.Query().Get("sb-hc-id"); validTracking(t) {
 		az.Tracking = t
@@ -491,7 +494,7 @@ func (d *wsDoor) park(w http.ResponseWriter, r *http.Request, hc string, why err
 	}()
 	d.log.Debug("listener over the limit parked", "hc", hc, "remote", remoteOf(r), "reason", why)
 	wsconn.Upgrade(w, r, wsconn.UpgradeOptions{}, func(ws *wsconn.Conn) {
-		t := time.AfterFunc(parkTime, func() { ws.CloseWith(wsconn.CloseTryAgainLater, "listener limit reached; try again later") })
+		t := time.AfterFunc(d.parkTime, func() { ws.CloseWith(wsconn.CloseTryAgainLater, "listener limit reached; try again later") })
 		defer t.Stop()
 		stop := context.AfterFunc(d.ctx, func() { ws.CloseWith(wsconn.CloseGoingAway, "relay is stopping") })
 		defer stop()
@@ -669,10 +672,14 @@ func (c *wsControl) end(code int, reason string) {
 		c.mu.Unlock()
 		close(c.done)
 		if ws != nil {
+			// The status first, here: whoever closes the socket first (this
+			// goroutine's closer, or the upgrade handler as run returns)
+			// sends it.
+			ws.SetCloseStatus(code, reason)
 			c.door.closers.Add(1)
 			go func() {
 				defer c.door.closers.Done()
-				ws.CloseWith(code, reason)
+				ws.Close()
 			}()
 		}
 		c.failExchanges()
