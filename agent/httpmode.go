@@ -90,6 +90,22 @@ func (a *Agent) publishesHTTP(addr string) bool {
 	return false
 }
 
+// copyEndToEnd copies the headers of src that are not hop-by-hop: neither
+// one of RFC 7230's nor one its Connection header names.
+func copyEndToEnd(dst, src http.Header) {
+	named := map[string]bool{}
+	for _, v := range src.Values("Connection") {
+		for _, t := range strings.Split(v, ",") {
+			named[http.CanonicalHeaderKey(strings.TrimSpace(t))] = true
+		}
+	}
+	for k, v := range src {
+		if ck := http.CanonicalHeaderKey(k); !hopByHop[ck] && !named[ck] {
+			dst[ck] = v
+		}
+	}
+}
+
 // connection returns the configured connection named hc.
 func connection(cfg *rules.Agent, hc string) (rules.AgentConnection, bool) {
 	for _, c := range cfg.Connections {
@@ -215,11 +231,8 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 			hreq.Body = http.NoBody
 		}
 	}
-	for k, v := range req.Header {
-		if ck := http.CanonicalHeaderKey(k); !hopByHop[ck] && ck != senderKeyHeader {
-			hreq.Header[ck] = v
-		}
-	}
+	copyEndToEnd(hreq.Header, req.Header)
+	hreq.Header.Del(senderKeyHeader)
 	ls := &liveStream{conn: cancelCloser(cancel), hc: req.HC, endpoint: ep, ev: ev}
 	if !a.track(ls) {
 		refuse("deny", http.StatusForbidden, "no longer published")
@@ -245,11 +258,7 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 	}
 	defer resp.Body.Close()
 	hdr := http.Header{}
-	for k, v := range resp.Header {
-		if !hopByHop[k] {
-			hdr[k] = v
-		}
-	}
+	copyEndToEnd(hdr, resp.Header)
 	out := &countingReader{r: resp.Body}
 	reason := strings.TrimSpace(strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)))
 	a.opened.Add(1)

@@ -102,13 +102,21 @@ func (r *wsResponse) status() int {
 	return n
 }
 
-// headers returns the response headers as strings, hop-by-hop ones
-// dropped.
+// headers returns the response headers as strings, hop-by-hop ones (and
+// those the Connection header names) dropped.
 func (r *wsResponse) headers() http.Header {
 	h := http.Header{}
+	defer func() {
+		for _, v := range h.Values("Connection") {
+			for _, t := range strings.Split(v, ",") {
+				h.Del(strings.TrimSpace(t))
+			}
+		}
+		h.Del("Connection")
+	}()
 	for k, raw := range r.ResponseHeaders {
 		ck := http.CanonicalHeaderKey(k)
-		if hopByHop[ck] || ck == "" {
+		if (hopByHop[ck] && ck != "Connection") || ck == "" {
 			continue
 		}
 		var s string
