@@ -70,7 +70,7 @@ const maxControlMessage = 64 << 10
 // park): held this long, then closed with 1013. At most maxParked at once.
 const (
 	parkTime  = 10 * time.Second
-	maxParked = 1024
+	maxParked = 4096
 )
 
 // doorSettings are the parts of the relay's configuration the door reads on
@@ -477,13 +477,19 @@ func (d *wsDoor) listen(w http.ResponseWriter, r *http.Request, hc, token string
 // 'close'), so a 429 would multiply their attempts. A parked channel is
 // upgraded but never registered (it gets no notices), and closed with 1013
 // (try again later) after parkTime: one reconnect per parked channel every
-// parkTime, however the client loops. It returns false when too many are
-// parked already (the caller then refuses).
+// parkTime, however the client loops. Beyond maxParked, the channel is
+// closed with 1013 at once: the client spins, but its attempts do not
+// multiply as a refused handshake would make them. It returns false only
+// when the relay is stopping.
 func (d *wsDoor) park(w http.ResponseWriter, r *http.Request, hc string, why error) bool {
 	d.mu.Lock()
-	if d.parked >= maxParked || d.closing {
+	if d.closing {
 		d.mu.Unlock()
 		return false
+	}
+	hold := d.parkTime
+	if d.parked >= maxParked {
+		hold = 0
 	}
 	d.parked++
 	d.mu.Unlock()
@@ -494,7 +500,7 @@ func (d *wsDoor) park(w http.ResponseWriter, r *http.Request, hc string, why err
 	}()
 	d.log.Debug("listener over the limit parked", "hc", hc, "remote", remoteOf(r), "reason", why)
 	wsconn.Upgrade(w, r, wsconn.UpgradeOptions{}, func(ws *wsconn.Conn) {
-		t := time.AfterFunc(d.parkTime, func() { ws.CloseWith(wsconn.CloseTryAgainLater, "listener limit reached; try again later") })
+		t := time.AfterFunc(hold, func() { ws.CloseWith(wsconn.CloseTryAgainLater, "listener limit reached; try again later") })
 		defer t.Stop()
 		stop := context.AfterFunc(d.ctx, func() { ws.CloseWith(wsconn.CloseGoingAway, "relay is stopping") })
 		defer stop()
