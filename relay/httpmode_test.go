@@ -313,3 +313,31 @@ func TestHTTPModeBareListener(t *testing.T) {
 		t.Fatalf("sender got %+v", got)
 	}
 }
+
+// FuzzResponse: whatever a listener puts in a response message, the relay
+// derives a valid status or refuses it, and passes no hop-by-hop header.
+func FuzzResponse(f *testing.F) {
+	f.Add([]byte(`{"response":{"requestId":"x","statusCode":200,"responseHeaders":{"Content-Type":"text/plain"},"body":true}}`))
+	f.Add([]byte(`{"response":{"requestId":"x","statusCode":"404","statusDescription":"Nope","responseHeaders":{"Connection":"X-A, close","X-A":1,"Set-Cookie":["a","b"]}}}`))
+	f.Add([]byte(`{"response":{"statusCode":101,"responseHeaders":{"Transfer-Encoding":"chunked","":"x"}}}`))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		var m struct {
+			Response *wsResponse `json:"response"`
+		}
+		if json.Unmarshal(msg, &m) != nil || m.Response == nil {
+			return
+		}
+		if s := m.Response.status(); s != 0 && (s < 100 || s > 599 || s == 101) {
+			t.Fatalf("status %d passed", s)
+		}
+		h := m.Response.headers()
+		for k := range h {
+			if hopByHop[k] || k == "" {
+				t.Fatalf("header %q passed", k)
+			}
+		}
+		for _, v := range h.Values("Connection") {
+			t.Fatalf("Connection %q passed", v)
+		}
+	})
+}
