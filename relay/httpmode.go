@@ -32,6 +32,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -385,7 +386,8 @@ func headerListsToken(vals []string, tok string) bool {
 
 // overRendezvous completes an exchange on the listener's rendezvous: the
 // request first if it did not go whole on the control channel, then the
-// response.
+// response. Both ways at once: a listener (an API) may answer before it has
+// read the whole body, as HTTP servers do.
 func (d *wsDoor) overRendezvous(w http.ResponseWriter, r *http.Request, rv *wsconn.Conn, ex *exchange, full *wsRequest,
 	maxBody int64, ns string, log hclog.Logger) {
 	// A sender that leaves, or a stopping relay, ends the exchange at once.
@@ -395,32 +397,25 @@ func (d *wsDoor) overRendezvous(w http.ResponseWriter, r *http.Request, rv *wsco
 	stopD := context.AfterFunc(d.ctx, gone)
 	defer stopD()
 	defer rv.CloseWith(wsconn.CloseNormal, "")
-	deadline := time.Now().Add(d.requestTimeout)
-	rv.SetDeadline(deadline)
-	if !ex.sentFull {
-		msg, _ := json.Marshal(full)
-		err := rv.WriteMessage(wsconn.OpText, msg)
-		if err == nil && *full.Request.Body {
-			var mw *wsconn.MessageWriter
-			if mw, err = rv.NewMessageWriter(wsconn.OpBinary); err == nil {
-				var n int64
-				n, err = io.Copy(mw, io.LimitReader(r.Body, maxBody+1))
-				if err == nil && n > maxBody {
-					log.Warn("request body over relay.max_http_body", "max_bytes", maxBody)
-					rv.CloseWith(wsconn.CloseTooBig, "request body too large")
-					httpError(w, status.BadRequest, http.StatusRequestEntityTooLarge, "request body over relay.max_http_body")
-					return
-				}
-				if err == nil {
-					err = mw.Close()
-				}
+	// The response must begin within requestTimeout of the request having
+	// been passed on (the upload's progress pushes the deadline out).
+	rv.SetReadDeadline(time.Now().Add(d.requestTimeout))
+	sent := make(chan error, 1)
+	if ex.sentFull {
+		sent <- nil
+	} else {
+		go func() { sent <- d.passRequest(rv, r.Body, full, maxBody) }()
+		defer func() {
+			// The writer may be blocked reading the sender's body: a read
+			// deadline ends that, and it is waited for.
+			select {
+			case <-sent:
+			default:
+				rv.CloseWith(wsconn.CloseGoingAway, "exchange over")
+				http.NewResponseController(w).SetReadDeadline(time.Now())
+				<-sent
 			}
-		}
-		if err != nil {
-			log.Warn("could not pass the request to the listener", "error", err)
-			httpError(w, status.Unreachable, http.StatusBadGateway, "could not pass the request to the listener")
-			return
-		}
+		}()
 	}
 	op, msg, err := rv.ReadMessage(maxControlMessage)
 	var m struct {
@@ -430,12 +425,23 @@ func (d *wsDoor) overRendezvous(w http.ResponseWriter, r *http.Request, rv *wsco
 		err = errors.New("the listener sent something other than a response")
 	}
 	if err != nil {
-		if time.Now().After(deadline) {
-			httpError(w, status.Timeout, http.StatusGatewayTimeout, "the listener did not answer within "+d.requestTimeout.String())
-			return
+		var werr error
+		select {
+		case werr = <-sent:
+			sent <- werr // for the deferred wait
+		case <-time.After(time.Second): // the reader failed on its own
 		}
-		log.Warn("no response on the rendezvous", "error", err)
-		httpError(w, status.Unreachable, http.StatusBadGateway, "the listener's rendezvous ended without a response")
+		switch {
+		case errors.Is(werr, errBodyTooLarge):
+			log.Warn("request body over relay.max_http_body", "max_bytes", maxBody)
+			httpError(w, status.BadRequest, http.StatusRequestEntityTooLarge, "request body over relay.max_http_body")
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			log.Warn("listener did not answer in time", "timeout", d.requestTimeout)
+			httpError(w, status.Timeout, http.StatusGatewayTimeout, "the listener did not answer within "+d.requestTimeout.String())
+		default:
+			log.Warn("no response on the rendezvous", "error", err, "request_error", werr)
+			httpError(w, status.Unreachable, http.StatusBadGateway, "the listener's rendezvous ended without a response")
+		}
 		return
 	}
 	var body io.Reader
@@ -449,8 +455,53 @@ func (d *wsDoor) overRendezvous(w http.ResponseWriter, r *http.Request, rv *wsco
 		// timeout (Azure: an idle response is ended after 60 s).
 		body = &idleReader{r: mr, conn: rv, idle: d.requestTimeout}
 	}
-	rv.SetDeadline(time.Time{})
 	d.writeResponse(w, m.Response, body, m.Response.Body, maxBody, ns, log)
+}
+
+var errBodyTooLarge = errors.New("request body over relay.max_http_body")
+
+// passRequest writes the whole request on the rendezvous: its message, then
+// its body as one binary message, at most maxBody bytes, each write within
+// the request timeout. Progress pushes the response deadline out.
+func (d *wsDoor) passRequest(rv *wsconn.Conn, body io.Reader, full *wsRequest, maxBody int64) error {
+	msg, _ := json.Marshal(full)
+	rv.SetWriteDeadline(time.Now().Add(d.requestTimeout))
+	if err := rv.WriteMessage(wsconn.OpText, msg); err != nil {
+		return err
+	}
+	if !*full.Request.Body {
+		return nil
+	}
+	mw, err := rv.NewMessageWriter(wsconn.OpBinary)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	var n int64
+	for {
+		k, rerr := body.Read(buf)
+		if k > 0 {
+			if n += int64(k); n > maxBody {
+				rv.CloseWith(wsconn.CloseTooBig, "request body too large")
+				return errBodyTooLarge
+			}
+			now := time.Now()
+			rv.SetWriteDeadline(now.Add(d.requestTimeout))
+			rv.SetReadDeadline(now.Add(d.requestTimeout))
+			if _, err := mw.Write(buf[:k]); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	err = mw.Close()
+	rv.SetReadDeadline(time.Now().Add(d.requestTimeout))
+	return err
 }
 
 // idleReader sets a read deadline before each read.

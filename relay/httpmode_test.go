@@ -60,10 +60,14 @@ func echoListener(t *testing.T, r *testRelay, hc string, got chan<- seen) {
 	httpListener(t, r, hc, func(req *relayclient.Request) {
 		ctx := context.Background()
 		if err := req.Open(ctx); err != nil {
-			t.Error(err)
+			t.Logf("request not opened (the relay may have cut it): %v", err)
 			return
 		}
-		b, _ := io.ReadAll(req.Body)
+		b, err := io.ReadAll(req.Body)
+		if err != nil {
+			t.Logf("request body cut: %v", err)
+			return
+		}
 		s := seen{Method: req.Method, Target: req.Target, Header: req.Header, BodyLen: len(b), BodySum: sha256.Sum256(b)}
 		if got != nil {
 			got <- s
