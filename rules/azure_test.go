@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -90,5 +91,45 @@ func TestHTTPEndpoints(t *testing.T) {
 				t.Fatalf("got http %q endpoint %q transport %q", got.HTTP, got.Endpoint, a.Transport)
 			}
 		})
+	}
+}
+
+// azureDocConfig returns the YAML block docs/configuration.md shows for an
+// Azure Relay namespace (after its marker).
+func azureDocConfig(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "<!-- azure-relay-config -->\n```yaml\n")
+	if !ok {
+		t.Fatal("docs/configuration.md has no azure-relay-config block")
+	}
+	block, _, _ := strings.Cut(rest, "```")
+	return block
+}
+
+// TestAzureNamespaceConfig: the documented configuration for an Azure Relay
+// namespace parses into what Azure needs: port 443, TLS, the namespace as
+// token host, Azure's gateways as rendezvous hosts, WebSocket transport.
+func TestAzureNamespaceConfig(t *testing.T) {
+	t.Setenv("AZURE_RELAY_LISTEN_KEY", "listen-key-from-the-portal-0000000000000=")
+	t.Setenv("AZURE_RELAY_SEND_KEY", "send-key-from-the-portal-00000000000000000=")
+	c, err := Parse("azure.yaml", []byte(azureDocConfig(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := RelayEndpoint{Host: "mynamespace.servicebus.windows.net", Control: DefaultControlPort, Data: DefaultDataPort, HTTP: 443,
+		TLS: true, Namespace: "mynamespace.servicebus.windows.net", RendezvousHosts: []string{".servicebus.windows.net"}}
+	for _, got := range []struct {
+		role      string
+		ep        []RelayEndpoint
+		transport string
+	}{{"agent", c.Agent.Relays, c.Agent.Transport}, {"proxy", c.Proxy.Relays, c.Proxy.Transport}} {
+		if len(got.ep) != 1 || dump(&Config{Agent: &Agent{Relays: got.ep}}) != dump(&Config{Agent: &Agent{Relays: []RelayEndpoint{want}}}) ||
+			got.transport != TransportWebSocket {
+			t.Fatalf("%s: %+v %s", got.role, got.ep, got.transport)
+		}
 	}
 }

@@ -212,6 +212,7 @@ type options struct {
 	transport    string
 	log          hclog.Logger
 	probeTimeout time.Duration
+	dial         func(ctx context.Context, network, addr string) (net.Conn, error) // WithDialer
 }
 
 // WithTransport picks the protocol: TransportTCP (the default),

@@ -236,6 +236,14 @@ func (c *wsClient) Check(ctx context.Context, hc, token string, right sas.Rights
 	return &status.Error{Code: code, Msg: strings.TrimSpace(string(body))}
 }
 
+// WithDialer makes the client open its TCP connections (to the relay, a
+// rendezvous host or a CONNECT proxy) with dial: names and ports are still
+// checked as always, only the way there changes. For tests that play a
+// relay under a name DNS does not know (an Azure namespace).
+func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = dial }
+}
+
 // ErrNotCheckable says a relay cannot tell whether a key is good without
 // side effects: a send right on a relay that is not hybrid's could only be
 // tested by opening a stream (which a listener would serve).
