@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -14,8 +13,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/go-hclog"
 
 	"github.com/hybridconn/hybrid/internal/wsconn"
 	"github.com/hybridconn/hybrid/rules"
@@ -99,17 +96,7 @@ func TestHostileWebSocketRelay(t *testing.T) {
 			{Name: "pg", Endpoint: resource, KeyName: "k", Key: "0123456789abcdef0123"},
 		},
 	}
-	a, err := New(cfg, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	a, stop := runAgent(t, cfg)
 
 	q := "?sb-hc-action=accept&sb-hc-id=00112233445566778899aabbccddeeff"
 	hostile := []string{
@@ -152,9 +139,7 @@ func TestHostileWebSocketRelay(t *testing.T) {
 	if got := a.rogue.Load(); got != int64(len(hostile)) {
 		t.Fatalf("rogue notices counted %d, want %d", got, len(hostile))
 	}
-	cancel()
-	<-done
-	done <- nil
+	stop()
 	b, err := os.ReadFile(audit)
 	if err != nil {
 		t.Fatal(err)

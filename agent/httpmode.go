@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/httphdr"
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/rules"
@@ -38,13 +39,6 @@ const httpHeaderTimeout = 50 * time.Second
 // senderKeyHeader carries, from hybrid's relay, the name of the key the
 // sender used (for the audit log); never forwarded.
 const senderKeyHeader = "Hybrid-Sender-Key"
-
-// hopByHop are headers of one connection only (RFC 7230), never forwarded.
-var hopByHop = map[string]bool{
-	"Connection": true, "Content-Length": true, "Host": true, "Te": true, "Trailer": true,
-	"Transfer-Encoding": true, "Upgrade": true, "Close": true, "Keep-Alive": true,
-	"Proxy-Connection": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
-}
 
 // httpTransport is the agent's one HTTP client transport, made on first
 // use: pooled connections to the published HTTP endpoints.
@@ -88,22 +82,6 @@ func (a *Agent) publishesHTTP(addr string) bool {
 		}
 	}
 	return false
-}
-
-// copyEndToEnd copies the headers of src that are not hop-by-hop: neither
-// one of RFC 7230's nor one its Connection header names.
-func copyEndToEnd(dst, src http.Header) {
-	named := map[string]bool{}
-	for _, v := range src.Values("Connection") {
-		for _, t := range strings.Split(v, ",") {
-			named[http.CanonicalHeaderKey(strings.TrimSpace(t))] = true
-		}
-	}
-	for k, v := range src {
-		if ck := http.CanonicalHeaderKey(k); !hopByHop[ck] && !named[ck] {
-			dst[ck] = v
-		}
-	}
 }
 
 // connection returns the configured connection named hc.
@@ -231,7 +209,7 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 			hreq.Body = http.NoBody
 		}
 	}
-	copyEndToEnd(hreq.Header, req.Header)
+	httphdr.EndToEnd(hreq.Header, req.Header)
 	hreq.Header.Del(senderKeyHeader)
 	ls := &liveStream{conn: cancelCloser(cancel), hc: req.HC, endpoint: ep, ev: ev}
 	if !a.track(ls) {
@@ -258,7 +236,7 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 	}
 	defer resp.Body.Close()
 	hdr := http.Header{}
-	copyEndToEnd(hdr, resp.Header)
+	httphdr.EndToEnd(hdr, resp.Header)
 	out := &countingReader{r: resp.Body}
 	reason := strings.TrimSpace(strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)))
 	a.opened.Add(1)

@@ -142,14 +142,7 @@ func TestHTTPModeAgent(t *testing.T) {
 			{Name: "down", Endpoint: deadAddr, HTTP: "http://" + deadAddr, KeyName: "onprem", Key: listenKey},
 		},
 	}
-	a, err := New(cfg, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	_, stop := runAgent(t, cfg)
 
 	do := func(method, path string, body io.Reader, hdr http.Header) (*http.Response, []byte) {
 		t.Helper()
@@ -207,9 +200,7 @@ func TestHTTPModeAgent(t *testing.T) {
 		t.Fatalf("unreachable endpoint: %s", resp.Status)
 	}
 
-	cancel()
-	<-done
-	done <- nil
+	stop()
 	f, err := os.Open(audit)
 	if err != nil {
 		t.Fatal(err)

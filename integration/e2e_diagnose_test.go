@@ -35,24 +35,17 @@ func TestE2EDiagnose(t *testing.T) {
 		}
 	}
 
-	read := func(f string) string {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
-	}
 	keys := tun.Keys["echo"]
 	tests := []struct {
 		name, file, content string
 		want                *regexp.Regexp
 	}{
-		{"wrong send key", tun.ProxyConfig, strings.ReplaceAll(read(tun.ProxyConfig), keys.Apps, e2eKey(t)),
+		{"wrong send key", tun.ProxyConfig, strings.ReplaceAll(readText(t, tun.ProxyConfig), keys.Apps, e2eKey(t)),
 			regexp.MustCompile(`(?m)^proxy +send key +echo at 127\.0\.0\.1 \(key apps\) +FAIL: unauthorized`)},
 		{"listen key used to send", tun.ProxyConfig,
-			strings.ReplaceAll(strings.ReplaceAll(read(tun.ProxyConfig), keys.Apps, keys.Onprem), "key_name: apps", "key_name: onprem"),
+			strings.ReplaceAll(strings.ReplaceAll(readText(t, tun.ProxyConfig), keys.Apps, keys.Onprem), "key_name: apps", "key_name: onprem"),
 			regexp.MustCompile(`(?m)^proxy +send key +echo .* FAIL: forbidden`)},
-		{"endpoint down", tun.AgentConfig, strings.ReplaceAll(read(tun.AgentConfig), resource, freeAddr(t, "127.0.0.1")),
+		{"endpoint down", tun.AgentConfig, strings.ReplaceAll(readText(t, tun.AgentConfig), resource, freeAddr(t, "127.0.0.1")),
 			regexp.MustCompile(`(?m)^agent +published endpoint +echo -> .* FAIL: .*connection refused`)},
 	}
 	for _, tt := range tests {
@@ -93,13 +86,6 @@ func TestE2EDiagnoseWithoutCheck(t *testing.T) {
 		y = strings.Replace(y, fmt.Sprintf("http: %d,", tun.HTTP), "http: "+frontPort+",", 1)
 		return withTransport("websocket")(y)
 	}
-	read := func(f string) string {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
-	}
 	keys := tun.Keys["echo"]
 	for _, tc := range []struct {
 		name, cfg string
@@ -107,12 +93,12 @@ func TestE2EDiagnoseWithoutCheck(t *testing.T) {
 		rows      []string
 		absent    []string
 	}{
-		{"agent", viaFront(read(tun.AgentConfig)), 0,
+		{"agent", viaFront(readText(t, tun.AgentConfig)), 0,
 			[]string{`(?m)^agent +relay http port +127\.0\.0\.1:` + frontPort + ` +ok `, `(?m)^agent +listen key +echo .* ok `},
 			[]string{"relay control port", "relay data port"}},
-		{"proxy", viaFront(read(tun.ProxyConfig)), 0,
+		{"proxy", viaFront(readText(t, tun.ProxyConfig)), 0,
 			[]string{`(?m)^proxy +send key +echo .* SKIP: send key for "echo" .*cannot be checked at this relay`}, nil},
-		{"wrong listen key", strings.ReplaceAll(viaFront(read(tun.AgentConfig)), keys.Onprem, e2eKey(t)), 1,
+		{"wrong listen key", strings.ReplaceAll(viaFront(readText(t, tun.AgentConfig)), keys.Onprem, e2eKey(t)), 1,
 			[]string{`(?m)^agent +listen key +echo .* FAIL: unauthorized`}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -136,4 +122,14 @@ func TestE2EDiagnoseWithoutCheck(t *testing.T) {
 	if b, _ := os.ReadFile(tun.Audit); strings.Contains(string(b), `"event":"open"`) {
 		t.Fatalf("diagnose opened a stream:\n%s", b)
 	}
+}
+
+// readText returns the content of file f.
+func readText(t *testing.T, f string) string {
+	t.Helper()
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -2,15 +2,8 @@ package relay
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -49,7 +42,7 @@ func TestAzureNamespaceClient(t *testing.T) {
 	// The "namespace": hybrid's relay with a certificate for Azure's names.
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "ns.crt"), filepath.Join(dir, "ns.key")
-	pool := azureCert(t, certFile, keyFile)
+	pool := writeCertFor(t, certFile, keyFile, 1, "*.servicebus.windows.net")
 	const gateway = "g2-prod-am3-001-sb.servicebus.windows.net"
 	r := startRelayWith(t, func(c *rules.Relay) {
 		c.Namespace = "mynamespace.servicebus.windows.net"
@@ -80,7 +73,7 @@ func TestAzureNamespaceClient(t *testing.T) {
 	ac := cfg.Agent.Connections[0]
 	aep := cfg.Agent.Relays[0]
 	agentTok := sas.NewToken(sas.ResourceURI(aep.Namespace, ac.Name), ac.KeyName, ac.Key, time.Now().Add(time.Hour))
-	startAgentTok(t, client(aep, cfg.Agent.Transport), ac.Name, agentTok, fullEcho)
+	startAgentToken(t, client(aep, cfg.Agent.Transport), ac.Name, agentTok, fullEcho)
 
 	pc := cfg.Proxy.Connections[0]
 	pep := cfg.Proxy.Relays[0]
@@ -102,52 +95,4 @@ func TestAzureNamespaceClient(t *testing.T) {
 	if !sawGateway {
 		t.Fatalf("the agent never followed a rendezvous on the gateway host; dialled %v", dialled)
 	}
-}
-
-// startAgentTok is startAgentWith with a given listen token.
-func startAgentTok(t *testing.T, c relayclient.Client, hc, tok string, serve func(net.Conn)) {
-	t.Helper()
-	ctx := context.Background()
-	ctl, err := c.Listen(ctx, "test", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ctl.Close() })
-	if err := ctl.Attach(ctx, hc, tok); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for ev := range ctl.Events() {
-			if acc := ev.Accept; acc != nil {
-				go func() {
-					if c, err := ctl.Join(ctx, acc, tok); err == nil {
-						serve(c)
-					}
-				}()
-			}
-		}
-	}()
-}
-
-// azureCert writes a self-signed certificate for Azure Relay's names and
-// returns a pool that trusts it.
-func azureCert(t *testing.T, certFile, keyFile string) *x509.CertPool {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "*.servicebus.windows.net"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"*.servicebus.windows.net"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool
 }

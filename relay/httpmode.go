@@ -39,6 +39,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/httphdr"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/wsconn"
@@ -55,15 +56,6 @@ const maxControlBody = 64 << 10
 
 // maxExchanges bounds the HTTP-mode requests in flight at one relay.
 const maxExchanges = 4096
-
-// hopByHop are the headers that concern one connection only (RFC 7230),
-// never forwarded either way; Azure strips the same ones (except Via,
-// which it extends).
-var hopByHop = map[string]bool{
-	"Connection": true, "Content-Length": true, "Host": true, "Te": true, "Trailer": true,
-	"Transfer-Encoding": true, "Upgrade": true, "Close": true, "Keep-Alive": true,
-	"Proxy-Connection": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
-}
 
 // exchange is one HTTP-mode request in flight.
 type exchange struct {
@@ -106,33 +98,23 @@ func (r *wsResponse) status() int {
 // headers returns the response headers as strings, hop-by-hop ones (and
 // those the Connection header names) dropped.
 func (r *wsResponse) headers() http.Header {
-	h := http.Header{}
-	defer func() {
-		for _, v := range h.Values("Connection") {
-			for _, t := range strings.Split(v, ",") {
-				h.Del(strings.TrimSpace(t))
-			}
-		}
-		h.Del("Connection")
-	}()
+	all := http.Header{}
 	for k, raw := range r.ResponseHeaders {
-		ck := http.CanonicalHeaderKey(k)
-		if (hopByHop[ck] && ck != "Connection") || ck == "" {
-			continue
-		}
 		var s string
 		if json.Unmarshal(raw, &s) != nil {
 			var arr []string
 			if json.Unmarshal(raw, &arr) == nil && len(arr) > 0 {
 				for _, v := range arr {
-					h.Add(ck, v)
+					all.Add(k, v)
 				}
 				continue
 			}
 			s = strings.Trim(string(raw), `"`) // a number or a boolean
 		}
-		h.Add(ck, s)
+		all.Add(k, s)
 	}
+	h := http.Header{}
+	httphdr.EndToEnd(h, all)
 	return h
 }
 
@@ -282,7 +264,7 @@ func (d *wsDoor) serveRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	hdrs := map[string]string{}
 	for k, v := range hdr {
-		if !hopByHop[k] && len(v) > 0 && !connectionListed(r.Header, k) {
+		if !httphdr.HopByHop(r.Header, k) && len(v) > 0 {
 			hdrs[k] = strings.Join(v, ", ")
 		}
 	}
@@ -365,23 +347,6 @@ func (d *wsDoor) serveRequest(w http.ResponseWriter, r *http.Request) {
 	case <-d.ctx.Done():
 		httpError(w, status.ShuttingDown, http.StatusServiceUnavailable, "relay is stopping")
 	}
-}
-
-// connectionListed reports whether header k is named in the request's
-// Connection header (and so hop-by-hop too).
-func connectionListed(h http.Header, k string) bool {
-	return headerListsToken(h.Values("Connection"), k)
-}
-
-func headerListsToken(vals []string, tok string) bool {
-	for _, v := range vals {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), tok) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // overRendezvous completes an exchange on the listener's rendezvous: the

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hybridconn/hybrid/internal/httphdr"
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/wsconn"
 	"github.com/hybridconn/hybrid/rules"
@@ -336,7 +337,7 @@ func FuzzResponse(f *testing.F) {
 		}
 		h := m.Response.headers()
 		for k := range h {
-			if hopByHop[k] || k == "" {
+			if httphdr.HopByHop(h, k) {
 				t.Fatalf("header %q passed", k)
 			}
 		}

@@ -29,7 +29,7 @@ type testRelay struct {
 	done   chan error
 }
 
-func lis(t *testing.T) net.Listener {
+func lis(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,7 +46,7 @@ func startRelay(t *testing.T) *testRelay { return startRelayWith(t, nil) }
 
 // startRelayWith is startRelay with extra hybrid connections (same keys)
 // and a chance to change the configuration.
-func startRelayWith(t *testing.T, edit func(*rules.Relay), extra ...string) *testRelay {
+func startRelayWith(t testing.TB, edit func(*rules.Relay), extra ...string) *testRelay {
 	t.Helper()
 	keys := []rules.Key{
 		{Name: "apps", Rights: []string{"send"}, Primary: sendKey},

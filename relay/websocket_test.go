@@ -28,7 +28,14 @@ func wsClient(r *testRelay) relayclient.Client {
 func nativeClient(r *testRelay) relayclient.Client { return relayclient.New(r.ep) }
 
 // startAgentWith is startAgent over a given client.
-func startAgentWith(t *testing.T, c relayclient.Client, hc string, serve func(net.Conn)) *testAgent {
+func startAgentWith(t testing.TB, c relayclient.Client, hc string, serve func(net.Conn)) *testAgent {
+	t.Helper()
+	return startAgentToken(t, c, hc, token(hc, "onprem", listenKey), serve)
+}
+
+// startAgentToken is startAgentWith with a given listen token (also used
+// for its joins).
+func startAgentToken(t testing.TB, c relayclient.Client, hc, tok string, serve func(net.Conn)) *testAgent {
 	t.Helper()
 	ctx := context.Background()
 	ctl, err := c.Listen(ctx, "test", "test")
@@ -36,7 +43,7 @@ func startAgentWith(t *testing.T, c relayclient.Client, hc string, serve func(ne
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ctl.Close() })
-	if err := ctl.Attach(ctx, hc, token(hc, "onprem", listenKey)); err != nil {
+	if err := ctl.Attach(ctx, hc, tok); err != nil {
 		t.Fatal(err)
 	}
 	a := &testAgent{ctl: ctl, served: make(chan string, 100)}
@@ -51,7 +58,7 @@ func startAgentWith(t *testing.T, c relayclient.Client, hc string, serve func(ne
 				continue
 			}
 			go func() {
-				c, err := ctl.Join(ctx, acc, token(acc.HC, "onprem", listenKey))
+				c, err := ctl.Join(ctx, acc, tok)
 				if err != nil {
 					return
 				}
@@ -323,22 +330,11 @@ func TestWSAzureStyleListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ctl.Close()
-	type acceptMsg struct {
-		Accept struct {
-			Address        string            `json:"address"`
-			ID             string            `json:"id"`
-			ConnectHeaders map[string]string `json:"connectHeaders"`
-			RemoteEndpoint struct {
-				Address string `json:"address"`
-				Port    int    `json:"port"`
-			} `json:"remoteEndpoint"`
-		} `json:"accept"`
-	}
-	got := make(chan acceptMsg, 2)
+	got := make(chan azAccept, 2)
 	closed := make(chan error, 1)
 	go func() {
 		for {
-			var m acceptMsg
+			var m azAccept
 			if err := recvJSON(ctl, &m); err != nil {
 				closed <- err
 				return
@@ -367,7 +363,7 @@ func TestWSAzureStyleListener(t *testing.T) {
 		}
 		opened <- c
 	}()
-	var m acceptMsg
+	var m azAccept
 	select {
 	case m = <-got:
 	case <-time.After(10 * time.Second):

@@ -32,21 +32,32 @@ func TestAzureRelayFields(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse("hybrid.yaml", []byte(tt.src))
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("got %v, want %q", err, tt.err)
-				}
+			c := parseOrErr(t, tt.src, tt.err)
+			if c == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if r := c.Relay; r.PublicURL != tt.publicURL || r.MaxListeners != tt.max || r.MaxHTTPBody != tt.body {
 				t.Fatalf("got %q %d %d", r.PublicURL, r.MaxListeners, r.MaxHTTPBody)
 			}
 		})
 	}
+}
+
+// parseOrErr parses src; with wantErr it expects an error containing it
+// and returns nil.
+func parseOrErr(t *testing.T, src, wantErr string) *Config {
+	t.Helper()
+	c, err := Parse("hybrid.yaml", []byte(src))
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("got %v, want %q", err, wantErr)
+		}
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func TestHTTPEndpoints(t *testing.T) {
@@ -76,15 +87,9 @@ func TestHTTPEndpoints(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse("hybrid.yaml", []byte(tt.src))
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("got %v, want %q", err, tt.err)
-				}
+			c := parseOrErr(t, tt.src, tt.err)
+			if c == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			a := c.Agent
 			if got := a.Connections[0]; got.HTTP != tt.http || got.Endpoint != tt.endpoint || a.Transport != tt.tran {
