@@ -120,10 +120,8 @@ func (c *Conn) nextHeader() (header, error) {
 // the reading goroutine: a session's sign of life.
 func (c *Conn) OnFrame(f func()) { c.onFrame.Store(&f) }
 
-// readControl reads the payload of control frame h (at most 125 bytes)
-// into the header buffer's sibling and handles it: ping is answered with a
-// pong, a close is recorded. It returns the payload for callers that relay
-// it.
+// readControl reads (and unmasks) the payload of control frame h, at most
+// 125 bytes; the caller acts on it.
 func (c *Conn) readControl(h header) ([]byte, error) {
 	p := make([]byte, h.length)
 	if _, err := io.ReadFull(c.br, p); err != nil {
@@ -151,12 +149,11 @@ func (c *Conn) fail(err error) error {
 	return c.readErr
 }
 
-// advance reads frames until a data frame's payload is ready (remaining
-// > 0, or a zero-length frame with atEnd reporting the message end).
-// Control frames are handled on the way: pings answered, pongs dropped, a
-// close recorded (then io.EOF, or a *CloseError when wantClose).
-// startOnly: only a frame that starts a message is acceptable (text,
-// binary); otherwise only a continuation of the current message is.
+// advance reads frames until a data frame's header: the one starting a
+// message when newMessage, else the next fragment of the current one (a
+// frame of the wrong kind is a protocol error). Control frames are handled
+// on the way: pings answered, pongs dropped, a close recorded (then io.EOF;
+// PeerClose tells its code).
 func (c *Conn) advance(newMessage bool) (header, error) {
 	for {
 		if c.readErr != nil {
