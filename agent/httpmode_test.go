@@ -111,6 +111,10 @@ func TestHTTPModeAgent(t *testing.T) {
 		BodyLen              int
 	}
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/base/early" { // answers before reading the body (the relay must cope)
+			w.WriteHeader(http.StatusTeapot)
+			return
+		}
 		b, _ := io.ReadAll(r.Body)
 		if r.URL.Path == "/base/big" {
 			w.Write(bytes.Repeat([]byte("z"), 1<<20))
@@ -189,6 +193,9 @@ func TestHTTPModeAgent(t *testing.T) {
 	}
 	if resp, b = do("GET", "/api/big", nil, nil); resp.StatusCode != 200 || len(b) != 1<<20 {
 		t.Fatalf("download: %s, %d bytes", resp.Status, len(b))
+	}
+	if resp, _ = do("POST", "/api/early", bytes.NewReader(make([]byte, 4<<20)), nil); resp.StatusCode != http.StatusTeapot {
+		t.Fatalf("an API answering before reading the body: %s", resp.Status)
 	}
 	if resp, _ = do("GET", "/api/redirect", nil, nil); resp.StatusCode != http.StatusFound {
 		t.Fatalf("redirect followed: %s", resp.Status)
