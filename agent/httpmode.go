@@ -195,6 +195,14 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 		refuse("deny", http.StatusBadRequest, err.Error())
 		return
 	}
+	// An exchange takes a stream slot (agent.max_streams, the connection's
+	// max_streams) for as long as it runs.
+	if serr := a.acquire(req.HC); serr != nil {
+		a.busy.Add(1)
+		refuse("busy", http.StatusServiceUnavailable, serr.Msg)
+		return
+	}
+	defer a.release(req.HC)
 	ev.Endpoint = conn.HTTP
 	in := &countingReader{r: req.Body}
 	hreq, err := http.NewRequestWithContext(ctx, req.Method, u.String(), io.NopCloser(in))
