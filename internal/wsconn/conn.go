@@ -598,25 +598,7 @@ func (m *MessageWriter) Close() error {
 
 // ReadFrom copies r into the message, one fragment per read (io.Copy uses
 // it), with a reused buffer.
-func (m *MessageWriter) ReadFrom(r io.Reader) (int64, error) {
-	buf := make([]byte, chunk)
-	var n int64
-	for {
-		k, err := r.Read(buf)
-		if k > 0 {
-			if _, werr := m.Write(buf[:k]); werr != nil {
-				return n, werr
-			}
-			n += int64(k)
-		}
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-}
+func (m *MessageWriter) ReadFrom(r io.Reader) (int64, error) { return copyChunks(m, r) }
 
 // ------------------------------------------------------------ net.Conn
 

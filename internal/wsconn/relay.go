@@ -36,11 +36,10 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 	case interface{ WebSocket() *Conn }:
 		ws = s.WebSocket()
 	}
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
 	if ws != nil {
-		n, err := relayFrames(ws, c, buf, limit)
+		bp := copyBufs.Get().(*[]byte)
+		defer copyBufs.Put(bp)
+		n, err := relayFrames(ws, c, *bp, limit)
 		if err != nil {
 			code, reason := CloseGoingAway, "peer connection lost"
 			if errors.Is(err, ErrProtocol) {
@@ -50,11 +49,20 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 		}
 		return n, err
 	}
+	return copyChunks(c, r)
+}
+
+// copyChunks writes what r gives to w, one Write (one frame) per read,
+// through a pooled buffer; io.EOF is a clean end.
+func copyChunks(w io.Writer, r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	var n int64
 	for {
 		k, err := r.Read(buf)
 		if k > 0 {
-			if _, werr := c.Write(buf[:k]); werr != nil {
+			if _, werr := w.Write(buf[:k]); werr != nil {
 				return n, werr
 			}
 			n += int64(k)
