@@ -114,6 +114,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./internal/wire -run '^$$' -fuzz FuzzRead -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/relayclient -run '^$$' -fuzz FuzzAcceptNotice -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/wsconn -run '^$$' -fuzz FuzzFrames -fuzztime $(FUZZTIME)
+	$(GO) test ./relay -run '^$$' -fuzz FuzzResponse -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/sas -run '^$$' -fuzz FuzzParseToken -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/endpoint -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./rules -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)

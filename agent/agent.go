@@ -8,8 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,6 +81,8 @@ type Agent struct {
 	// rogue counts accept notices dropped because they named an address
 	// off the relay.
 	rogue atomic.Int64
+	// httpc forwards HTTP-mode requests (httpmode.go); made on first use.
+	httpc atomic.Pointer[http.Client]
 }
 
 // runner keeps one relay's control channel.
@@ -147,8 +151,8 @@ func (r *runner) addParked(n int) {
 
 // liveStream is a stream being copied, as Apply needs to judge it.
 type liveStream struct {
-	conn     net.Conn // to the relay
-	res      net.Conn // to the resource
+	conn     io.Closer // to the relay; for an HTTP exchange, its cancel
+	res      net.Conn  // to the resource; nil for an HTTP exchange
 	hc       string
 	target   string
 	endpoint string
@@ -158,7 +162,9 @@ type liveStream struct {
 // cut ends the stream at once, both ways: resetting the resource side, so a
 // server busy in a long query learns its client is gone.
 func (s *liveStream) cut() {
-	stream.Reset(s.res)
+	if s.res != nil {
+		stream.Reset(s.res)
+	}
 	s.conn.Close()
 }
 
@@ -533,6 +539,14 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 					close(replaced)
 					replaced = nil
 				}
+			case ev.Request != nil: // HTTP mode (httpmode.go)
+				req := ev.Request
+				_, attachedOK := lookup(req.HC)
+				a.wg.Add(1)
+				go func() {
+					defer a.wg.Done()
+					a.serveHTTP(ctx, c.String(), req, attachedOK, log)
+				}()
 			case ev.Accept != nil:
 				// No parked connection was free: the pool is too small
 				// for the load.

@@ -109,17 +109,7 @@ func TestHostileRelay(t *testing.T) {
 			{Name: "notallowed", Endpoint: outside, KeyName: "k", Key: "0123456789abcdef0123"},
 		},
 	}
-	a, err := New(cfg, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	_, stop := runAgent(t, cfg)
 
 	conn, err := relayLn.Accept()
 	if err != nil {
@@ -183,9 +173,7 @@ func TestHostileRelay(t *testing.T) {
 	}
 
 	// Every denial is in the audit log with its reason.
-	cancel()
-	<-done
-	done <- nil
+	stop()
 	b, err := os.ReadFile(audit)
 	if err != nil {
 		t.Fatal(err)
@@ -341,4 +329,21 @@ func TestAcceptFloodBounded(t *testing.T) {
 	if n := resConns.Load(); n > maxStreams {
 		t.Fatalf("%d resource connections for %d accepts, cap %d", n, flood, maxStreams)
 	}
+}
+
+// runAgent runs an agent with cfg until stop (or the test's end): stop ends
+// it and waits, once.
+func runAgent(t *testing.T, cfg *rules.Agent) (*Agent, func()) {
+	t.Helper()
+	a, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return a, stop
 }

@@ -13,7 +13,7 @@ import (
 // AuditEvent is one line of the audit log.
 type AuditEvent struct {
 	Time       time.Time `json:"time"`
-	Event      string    `json:"event"` // open, close, deny, unreachable
+	Event      string    `json:"event"` // open, close, deny, unreachable, revoke, http
 	HC         string    `json:"hc"`
 	Stream     string    `json:"stream"`
 	Target     string    `json:"target,omitempty"`   // what the stream asked for
@@ -22,6 +22,9 @@ type AuditEvent struct {
 	SenderAddr string    `json:"sender_addr,omitempty"`
 	Relay      string    `json:"relay,omitempty"`
 	Reason     string    `json:"reason,omitempty"`
+	Method     string    `json:"method,omitempty"` // HTTP mode: the request's method,
+	Path       string    `json:"path,omitempty"`   // its target (path and query, as the relay gave it),
+	Status     int       `json:"status,omitempty"` // and the status answered
 	BytesIn    int64     `json:"bytes_to_resource,omitempty"`
 	BytesOut   int64     `json:"bytes_from_resource,omitempty"`
 	DurationMS int64     `json:"duration_ms,omitempty"`

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -15,9 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-	"golang.org/x/net/websocket"
-
+	"github.com/hybridconn/hybrid/internal/wsconn"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -62,15 +59,14 @@ func TestHostileWebSocketRelay(t *testing.T) {
 	mux.HandleFunc("/$hc/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Query().Get("sb-hc-action") {
 		case "listen":
-			websocket.Server{Handshake: func(*websocket.Config, *http.Request) error { return nil },
-				Handler: func(ws *websocket.Conn) {
-					for addr := range notices {
-						msg := fmt.Sprintf(`{"accept":{"address":%q,"id":"00112233445566778899aabbccddeeff","connectHeaders":{},"remoteEndpoint":{"address":"203.0.113.9","port":4000}}}`, addr)
-						if err := websocket.Message.Send(ws, msg); err != nil {
-							return
-						}
+			wsconn.Upgrade(w, r, wsconn.UpgradeOptions{}, func(ws *wsconn.Conn) {
+				for addr := range notices {
+					msg := fmt.Sprintf(`{"accept":{"address":%q,"id":"00112233445566778899aabbccddeeff","connectHeaders":{},"remoteEndpoint":{"address":"203.0.113.9","port":4000}}}`, addr)
+					if err := ws.WriteMessage(wsconn.OpText, []byte(msg)); err != nil {
+						return
 					}
-				}}.ServeHTTP(w, r)
+				}
+			})
 		case "accept":
 			rendezvous.Add(1)
 			if r.Header.Get("ServiceBusAuthorization") != "" || r.URL.Query().Get("sb-hc-token") != "" {
@@ -100,17 +96,7 @@ func TestHostileWebSocketRelay(t *testing.T) {
 			{Name: "pg", Endpoint: resource, KeyName: "k", Key: "0123456789abcdef0123"},
 		},
 	}
-	a, err := New(cfg, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	a, stop := runAgent(t, cfg)
 
 	q := "?sb-hc-action=accept&sb-hc-id=00112233445566778899aabbccddeeff"
 	hostile := []string{
@@ -153,9 +139,7 @@ func TestHostileWebSocketRelay(t *testing.T) {
 	if got := a.rogue.Load(); got != int64(len(hostile)) {
 		t.Fatalf("rogue notices counted %d, want %d", got, len(hostile))
 	}
-	cancel()
-	<-done
-	done <- nil
+	stop()
 	b, err := os.ReadFile(audit)
 	if err != nil {
 		t.Fatal(err)

@@ -282,6 +282,9 @@ type auditLine struct {
 	Reason   string `json:"reason"`
 	BytesIn  int64  `json:"bytes_to_resource"`
 	BytesOut int64  `json:"bytes_from_resource"`
+	Method   string `json:"method"` // HTTP mode
+	Path     string `json:"path"`
+	Status   int    `json:"status"`
 }
 
 // e2eReadAudit parses the audit log (a missing file is empty). A line that is

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hybridconn/hybrid/internal/sas"
@@ -20,6 +21,9 @@ type Auth struct {
 	verifier    sas.Verifier
 	connections map[string][]sas.Rule // HC rules followed by namespace rules
 	revokes     map[string]bool       // hc + "\x00" + rule name: its removed values are revoked, not rotated
+
+	namesOnce sync.Once
+	names     []string // connection names, longest first (see lookup)
 }
 
 // NewAuth builds the rules of a relay section.

@@ -113,6 +113,9 @@ type Accept struct {
 	// that can carry them with the notice (a parked connection) does; the
 	// others leave them to the core, which writes them once joined.
 	Early []byte
+	// Azure is what a WebSocket sender's request adds (azure.go); nil
+	// for native senders.
+	Azure *AzureOpen
 }
 
 // ListenerConn is a front door's side of a control channel: the core pushes
@@ -180,6 +183,8 @@ type OpenRequest struct {
 	// (an agent is dialling, or the stream moves to another agent), so the
 	// front door can tell the sender to keep waiting.
 	Progress func()
+	// Azure is passed to the listener (see Accept.Azure).
+	Azure *AzureOpen
 
 	// forwarded marks an open another relay of the fleet forwarded here:
 	// authorised there, never forwarded again.
@@ -208,6 +213,11 @@ type Core struct {
 
 	stats Stats
 	fails *limit.Failures
+
+	// maxListeners caps the sessions listening on one hybrid connection
+	// (admitListener, azure.go); 0 = no cap.
+	maxListeners atomic.Int64
+	requestTurn  int // HTTP mode's rotation over listeners (httpmode.go), under mu
 
 	// fleet carries streams to other relays; nil for a lone relay. prefix
 	// starts every stream and session id this relay makes, so a relay that
@@ -271,6 +281,9 @@ func (c *Core) Listeners() map[string]int {
 // landed, served where its agent listens.
 type RemoteOpen struct {
 	HC, Target, SenderAddr string
+	// Headers and Azure are a WebSocket sender's (see OpenRequest).
+	Headers map[string]string
+	Azure   *AzureOpen
 	// Grant is the sender's, as the landing relay verified it.
 	Grant Grant
 	Early []byte
@@ -622,7 +635,7 @@ func (c *Core) offer(ctx context.Context, cfg *Config, s *Session, req OpenReque
 	}()
 
 	acc := Accept{ID: id, HC: req.HC, Target: req.Target, SenderKey: grant.Rule, SenderAddr: req.Remote,
-		Headers: req.Headers, Early: req.Early}
+		Headers: req.Headers, Early: req.Early, Azure: req.Azure}
 	t := time.NewTimer(cfg.JoinTimeout)
 	defer t.Stop()
 	earlySent, err := s.deliver(ctx, at, acc, cfg.JoinTimeout)
@@ -698,6 +711,7 @@ func (pr *Pairing) Abort() {
 // forward carries the stream to a relay of the fleet whose agent takes it.
 func (c *Core) forward(ctx context.Context, req OpenRequest, grant Grant) (*Pairing, error) {
 	conn, err := c.fleet.Forward(ctx, RemoteOpen{HC: req.HC, Target: req.Target, SenderAddr: req.Remote,
+		Headers: req.Headers, Azure: req.Azure,
 		Grant: grant, Early: req.Early, Session: req.Session, Progress: req.Progress})
 	if err != nil {
 		return nil, err
@@ -713,6 +727,7 @@ func (c *Core) forward(ctx context.Context, req OpenRequest, grant Grant) (*Pair
 // a key revoked here is refused.
 func (c *Core) OpenForwarded(ctx context.Context, r RemoteOpen, remote string) (*Pairing, error) {
 	return c.Open(ctx, OpenRequest{HC: r.HC, Target: r.Target, Remote: r.SenderAddr, Early: r.Early,
+		Headers: r.Headers, Azure: r.Azure,
 		Session: r.Session, Progress: r.Progress, forwarded: true, grant: r.Grant})
 }
 

@@ -29,7 +29,7 @@ type testRelay struct {
 	done   chan error
 }
 
-func lis(t *testing.T) net.Listener {
+func lis(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,7 +42,11 @@ func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
 // startRelay serves a relay with hybrid connections "pg" and "other" on
 // loopback listeners.
-func startRelay(t *testing.T) *testRelay {
+func startRelay(t *testing.T) *testRelay { return startRelayWith(t, nil) }
+
+// startRelayWith is startRelay with extra hybrid connections (same keys)
+// and a chance to change the configuration.
+func startRelayWith(t testing.TB, edit func(*rules.Relay), extra ...string) *testRelay {
 	t.Helper()
 	keys := []rules.Key{
 		{Name: "apps", Rights: []string{"send"}, Primary: sendKey},
@@ -50,7 +54,13 @@ func startRelay(t *testing.T) *testRelay {
 	}
 	cfg := &rules.Relay{Namespace: ns, Connections: []rules.RelayConnection{
 		{Name: "pg", Keys: keys}, {Name: "other", Keys: keys},
-	}}
+	}, MaxListeners: rules.DefaultMaxListeners, MaxHTTPBody: rules.DefaultMaxHTTPBody}
+	for _, name := range extra {
+		cfg.Connections = append(cfg.Connections, rules.RelayConnection{Name: name, Keys: keys})
+	}
+	if edit != nil {
+		edit(cfg)
+	}
 	l := &Listeners{Control: lis(t), Data: lis(t), HTTP: lis(t)}
 	cfg.Listen = rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()}
 	srv, err := New(cfg, hclog.NewNullLogger())

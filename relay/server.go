@@ -11,6 +11,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -82,7 +83,8 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 	s.cfg.Store(cfg)
 	s.core = NewCore(log, auth, coreConfig(cfg))
 	s.door = newNativeDoor(s.core, log)
-	s.ws = newWSDoor(s.core, log, cfg.TLS != nil)
+	s.ws = newWSDoor(s.core, log, cfg)
+	s.core.SetMaxListeners(cfg.MaxListeners)
 	if cfg.TLS != nil {
 		if err := s.loadCert(cfg.TLS); err != nil {
 			return nil, err
@@ -163,6 +165,8 @@ func (s *Server) Apply(cfg *rules.Relay) error {
 		cl.SetLimits(connlimit.Limits{Total: cfg.Limits.Connections, PerSource: cfg.Limits.PerSource})
 	}
 	s.mu.Unlock()
+	s.ws.set.Store(settingsOf(cfg))
+	s.core.SetMaxListeners(cfg.MaxListeners)
 	return nil
 }
 
@@ -212,7 +216,16 @@ func (s *Server) ServePeerOpen(ctx context.Context, conn net.Conn, f *wire.PeerO
 		exp = time.Unix(int64(f.Expiry), 0)
 	}
 	remote := conn.RemoteAddr().String()
+	var headers map[string]string
+	if f.Headers != "" {
+		json.Unmarshal([]byte(f.Headers), &headers)
+	}
+	var az *AzureOpen
+	if f.Azure {
+		az = &AzureOpen{Tracking: f.Tracking, Suffix: f.Suffix, Query: f.Query}
+	}
 	pr, err := s.core.OpenForwarded(ctx, RemoteOpen{HC: f.HC, Target: f.Target, SenderAddr: f.SenderAddr,
+		Headers: headers, Azure: az,
 		Grant: RemoteGrant(f.HC, f.SenderKey, f.Value, exp), Early: f.Early, Session: SessionID(f.Session),
 		Progress: func() { writeFrame(conn, &wire.Progress{}) }}, remote)
 	if err != nil {
@@ -331,6 +344,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 		})
 	}
 	mux.Handle("/$hc/", s.ws)
+	mux.HandleFunc("/", s.ws.serveRequest) // HTTP mode: /<hc>[/suffix]
 	// Timeouts: a request's head must arrive within HandshakeTimeout, a
 	// whole request within httpReadTimeout, and an idle keep-alive
 	// connection is closed after httpIdleTimeout, so slow or silent clients

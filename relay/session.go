@@ -217,6 +217,13 @@ func (s *Session) Attach(hc, token string) error {
 	}
 	a := s.attached[hc]
 	if a == nil {
+		if s.role == RoleAgent {
+			if err := c.admitListener(hc, len(c.hcLocked(hc).listeners)); err != nil {
+				s.mu.Unlock()
+				c.mu.Unlock()
+				return err
+			}
+		}
 		a = &attachment{healthy: true}
 		s.attached[hc] = a
 		if s.role == RoleAgent {

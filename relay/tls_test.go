@@ -23,15 +23,23 @@ import (
 	"github.com/hybridconn/hybrid/rules"
 )
 
-// writeCert writes a self-signed certificate with the given serial.
+// writeCert writes a self-signed certificate for relay.test with the given
+// serial.
 func writeCert(t *testing.T, certFile, keyFile string, serial int64) {
+	t.Helper()
+	writeCertFor(t, certFile, keyFile, serial, "relay.test")
+}
+
+// writeCertFor writes a self-signed certificate for names and returns a
+// pool that trusts it.
+func writeCertFor(t *testing.T, certFile, keyFile string, serial int64, names ...string) *x509.CertPool {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "relay.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"relay.test"}}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: names[0]},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: names}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +47,10 @@ func writeCert(t *testing.T, certFile, keyFile string, serial int64) {
 	kb, _ := x509.MarshalECPrivateKey(key)
 	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return pool
 }
 
 // TestTLSCertificateReload: the relay serves TLS on its native ports, and

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,14 +11,14 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/net/websocket"
 
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/wsconn"
 )
 
 func wsClient(r *testRelay) relayclient.Client {
@@ -27,7 +28,14 @@ func wsClient(r *testRelay) relayclient.Client {
 func nativeClient(r *testRelay) relayclient.Client { return relayclient.New(r.ep) }
 
 // startAgentWith is startAgent over a given client.
-func startAgentWith(t *testing.T, c relayclient.Client, hc string, serve func(net.Conn)) *testAgent {
+func startAgentWith(t testing.TB, c relayclient.Client, hc string, serve func(net.Conn)) *testAgent {
+	t.Helper()
+	return startAgentToken(t, c, hc, token(hc, "onprem", listenKey), serve)
+}
+
+// startAgentToken is startAgentWith with a given listen token (also used
+// for its joins).
+func startAgentToken(t testing.TB, c relayclient.Client, hc, tok string, serve func(net.Conn)) *testAgent {
 	t.Helper()
 	ctx := context.Background()
 	ctl, err := c.Listen(ctx, "test", "test")
@@ -35,7 +43,7 @@ func startAgentWith(t *testing.T, c relayclient.Client, hc string, serve func(ne
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ctl.Close() })
-	if err := ctl.Attach(ctx, hc, token(hc, "onprem", listenKey)); err != nil {
+	if err := ctl.Attach(ctx, hc, tok); err != nil {
 		t.Fatal(err)
 	}
 	a := &testAgent{ctl: ctl, served: make(chan string, 100)}
@@ -50,7 +58,7 @@ func startAgentWith(t *testing.T, c relayclient.Client, hc string, serve func(ne
 				continue
 			}
 			go func() {
-				c, err := ctl.Join(ctx, acc, token(acc.HC, "onprem", listenKey))
+				c, err := ctl.Join(ctx, acc, tok)
 				if err != nil {
 					return
 				}
@@ -199,6 +207,9 @@ func TestWSHTTPCodes(t *testing.T) {
 	base := fmt.Sprintf("http://127.0.0.1:%d/$hc/", r.ep.HTTP)
 	get := func(path string, hdr map[string]string) (int, string) {
 		req, _ := http.NewRequest("GET", base+path, nil)
+		for k, v := range upgradeHeaders() {
+			req.Header[k] = v
+		}
 		for k, v := range hdr {
 			req.Header.Set(k, v)
 		}
@@ -228,34 +239,104 @@ func TestWSHTTPCodes(t *testing.T) {
 	}
 }
 
+// upgradeHeaders are a WebSocket handshake's headers.
+func upgradeHeaders() http.Header {
+	return http.Header{"Upgrade": {"websocket"}, "Connection": {"Upgrade"}, "Sec-Websocket-Version": {"13"},
+		"Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}
+}
+
+// TestWSPlainGETRefusedBeforeNotice: a connect, accept or listen request
+// that is no WebSocket upgrade is refused (400) before anything happens:
+// the listener hears of no stream, no pending stream is claimed.
+func TestWSPlainGETRefusedBeforeNotice(t *testing.T) {
+	r := startRelay(t)
+	var notices atomic.Int64
+	ctl, err := wsClient(r).Listen(context.Background(), "t", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	if err := ctl.Attach(context.Background(), "pg", token("pg", "onprem", listenKey)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for ev := range ctl.Events() {
+			if ev.Accept != nil {
+				notices.Add(1)
+				ctl.Reject(ev.Accept.ID, status.Refused, "counted")
+			}
+		}
+	}()
+	base := fmt.Sprintf("http://127.0.0.1:%d/$hc/pg", r.ep.HTTP)
+	for _, tc := range []struct {
+		name, query string
+		hdr         http.Header
+	}{
+		{"plain GET", "?sb-hc-action=connect", nil},
+		{"Upgrade without Connection", "?sb-hc-action=connect", http.Header{"Upgrade": {"websocket"}}},
+		{"wrong version", "?sb-hc-action=connect", http.Header{"Upgrade": {"websocket"}, "Connection": {"upgrade"}, "Sec-Websocket-Version": {"8"}}},
+		{"token in the query", "?sb-hc-action=connect&sb-hc-token=" + url.QueryEscape(token("pg", "apps", sendKey)), nil},
+		{"suffix", "/orders?sb-hc-action=connect", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", base+tc.query, nil)
+			req.Header = tc.hdr
+			if req.Header == nil {
+				req.Header = http.Header{}
+			}
+			req.Header.Set("ServiceBusAuthorization", token("pg", "apps", sendKey))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(HeaderStatus) != "1" {
+				t.Fatalf("got %s (Hybrid-Status %q), want 400", resp.Status, resp.Header.Get(HeaderStatus))
+			}
+		})
+	}
+	// A real handshake does reach the listener, and is the only notice it got.
+	_, err = rawWS(fmt.Sprintf("ws://127.0.0.1:%d/$hc/pg?sb-hc-action=connect&sb-hc-token=%s", r.ep.HTTP,
+		url.QueryEscape(token("pg", "apps", sendKey))), nil)
+	var he *wsconn.HandshakeError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusBadGateway {
+		t.Fatalf("real handshake: %v, want the listener's refusal", err)
+	}
+	if n := notices.Load(); n != 1 {
+		t.Fatalf("listener got %d notices, want 1", n)
+	}
+}
+
+// waitFor polls cond until it holds, or fails after 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestWSAzureStyleListener drives the relay with the bare protocol, as an
 // Azure client would: token in the query, accept JSON, rendezvous without a
 // token, text frames for control.
 func TestWSAzureStyleListener(t *testing.T) {
 	r := startRelay(t)
-	origin := "http://localhost/"
 	lurl := fmt.Sprintf("ws://127.0.0.1:%d/$hc/pg?sb-hc-action=listen&sb-hc-token=%s", r.ep.HTTP, url.QueryEscape(token("pg", "onprem", listenKey)))
-	ctl, err := websocket.Dial(lurl, "", origin)
+	ctl, err := rawWS(lurl, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ctl.Close()
-	type acceptMsg struct {
-		Accept struct {
-			Address        string            `json:"address"`
-			ID             string            `json:"id"`
-			ConnectHeaders map[string]string `json:"connectHeaders"`
-			RemoteEndpoint struct {
-				Address string `json:"address"`
-				Port    int    `json:"port"`
-			} `json:"remoteEndpoint"`
-		} `json:"accept"`
-	}
-	got := make(chan acceptMsg, 2)
+	got := make(chan azAccept, 2)
+	closed := make(chan error, 1)
 	go func() {
 		for {
-			var m acceptMsg
-			if err := websocket.JSON.Receive(ctl, &m); err != nil {
+			var m azAccept
+			if err := recvJSON(ctl, &m); err != nil {
+				closed <- err
 				return
 			}
 			got <- m
@@ -268,7 +349,7 @@ func TestWSAzureStyleListener(t *testing.T) {
 		} `json:"renewToken"`
 	}
 	renew.RenewToken.Token = token("pg", "onprem", listenKey)
-	if err := websocket.JSON.Send(ctl, &renew); err != nil {
+	if err := sendJSON(ctl, &renew); err != nil {
 		t.Fatal(err)
 	}
 
@@ -282,7 +363,7 @@ func TestWSAzureStyleListener(t *testing.T) {
 		}
 		opened <- c
 	}()
-	var m acceptMsg
+	var m azAccept
 	select {
 	case m = <-got:
 	case <-time.After(10 * time.Second):
@@ -293,11 +374,10 @@ func TestWSAzureStyleListener(t *testing.T) {
 		m.Accept.ConnectHeaders["Hybrid-Sender-Key"] != "apps" || m.Accept.RemoteEndpoint.Address != "127.0.0.1" || m.Accept.RemoteEndpoint.Port == 0 {
 		t.Fatalf("accept notice: %+v", m)
 	}
-	data, err := websocket.Dial(m.Accept.Address, "", origin) // no token: the address is the capability
+	data, err := rawWS(m.Accept.Address, nil) // no token: the address is the capability
 	if err != nil {
 		t.Fatal(err)
 	}
-	data.PayloadType = websocket.BinaryFrame
 	go fullEcho(data)
 	c := <-opened
 	if c == nil {
@@ -306,14 +386,55 @@ func TestWSAzureStyleListener(t *testing.T) {
 	defer c.Close()
 	roundTrip(t, c)
 	// The address is single use.
-	if _, err := websocket.Dial(m.Accept.Address, "", origin); err == nil {
+	if _, err := rawWS(m.Accept.Address, nil); err == nil {
 		t.Fatal("rendezvous address used twice")
 	}
 
-	// A renewal with a bad token ends the channel.
+	// A renewal with a bad token ends the channel, with 1008.
 	renew.RenewToken.Token = "SharedAccessSignature sr=x&sig=y&se=1&skn=onprem"
-	websocket.JSON.Send(ctl, &renew)
+	sendJSON(ctl, &renew)
 	waitNoListener(t, r, "pg")
+	select {
+	case err := <-closed:
+		var ce *wsconn.CloseError
+		if !errors.As(err, &ce) || ce.Code != wsconn.ClosePolicy {
+			t.Fatalf("control channel ended with %v, want close 1008", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("control channel not closed after a bad renewal")
+	}
+}
+
+// rawWS dials a WebSocket as a bare Azure client would: nothing of
+// hybrid's client, only the handshake (headers and subprotocols given).
+func rawWS(rawURL string, hdr http.Header, protocols ...string) (*wsconn.Conn, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return wsconn.Dial(ctx, conn, u, wsconn.DialOptions{Header: hdr, Protocols: protocols})
+}
+
+func sendJSON(ws *wsconn.Conn, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return ws.WriteMessage(wsconn.OpText, b)
+}
+
+func recvJSON(ws *wsconn.Conn, v any) error {
+	_, b, err := ws.ReadMessage(1 << 20)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
 }
 
 func TestWSRenewAndShutdown(t *testing.T) {
@@ -364,7 +485,7 @@ func TestAutoFallsBack(t *testing.T) {
 	}
 	defer c.Close()
 	roundTrip(t, c)
-	if _, ok := c.(*websocket.Conn); !ok {
+	if _, ok := c.(*wsconn.Conn); !ok {
 		t.Fatalf("auto gave a %T, want the websocket fallback", c)
 	}
 	// With the native ports up, auto uses them.

@@ -94,9 +94,10 @@ func TestParseDesignExample(t *testing.T) {
 		File: file,
 		Log:  Log{Level: "info", Format: "text"},
 		Relay: &Relay{
-			Namespace: "relay.example.com",
-			Listen:    RelayListen{Control: "127.0.0.1:5671", Data: "127.0.0.1:9352", HTTP: "127.0.0.1:8080"},
-			TLS:       &TLS{Cert: filepath.Join(dir, "relay.crt"), Key: filepath.Join(dir, "relay.key")},
+			Namespace:    "relay.example.com",
+			Listen:       RelayListen{Control: "127.0.0.1:5671", Data: "127.0.0.1:9352", HTTP: "127.0.0.1:8080"},
+			TLS:          &TLS{Cert: filepath.Join(dir, "relay.crt"), Key: filepath.Join(dir, "relay.key")},
+			MaxListeners: DefaultMaxListeners, MaxHTTPBody: DefaultMaxHTTPBody,
 			Connections: []RelayConnection{{
 				Name: "postgres",
 				Keys: []Key{
@@ -205,6 +206,7 @@ proxy:
 			PingInterval:  DefaultPingInterval,
 			DrainGrace:    DefaultDrainGrace,
 			ReusePort:     true,
+			MaxListeners:  DefaultMaxListeners, MaxHTTPBody: DefaultMaxHTTPBody,
 		},
 		Agent: &Agent{
 			Relays:     []RelayEndpoint{{Host: "relay.example.com", Control: 5671, Data: 9352, HTTP: 443, TLS: true, Namespace: "relay.example.com"}},

@@ -201,6 +201,21 @@ type Relay struct {
 	// Fleet joins this relay to a fleet sharing a directory in Redis; nil
 	// means a lone relay.
 	Fleet *Fleet
+	// PublicURL (yaml: public_url) is how clients reach the http listener
+	// from outside, "https://host[:port]" or "http://host[:port]", when
+	// something in front (a TLS-terminating load balancer) changes scheme,
+	// host or port: rendezvous addresses are built on it. "" means: the
+	// listener's own Host header, wss when the relay has TLS or
+	// X-Forwarded-Proto says https.
+	PublicURL string
+	// MaxListeners (yaml: max_listeners) caps the listeners (agents'
+	// control channels) of one hybrid connection. Default
+	// DefaultMaxListeners (Azure's limit); 0 means no cap.
+	MaxListeners int
+	// MaxHTTPBody (yaml: max_http_body: bytes, or a size such as 64MiB)
+	// caps each request and each response body in HTTP mode. Default
+	// DefaultMaxHTTPBody.
+	MaxHTTPBody int64
 }
 
 // Fleet is relay.fleet: relays behind one address that share a directory
@@ -415,6 +430,12 @@ type AgentConnection struct {
 	// HealthCheck, when set, checks the endpoint all the time rather than
 	// only after a failed dial (yaml: health_check: {interval, timeout}).
 	HealthCheck *HealthCheck
+	// HTTP is "" for a TCP endpoint. For an HTTP one (yaml: endpoint:
+	// http://host:port/base or https://...) it is that base URL,
+	// normalised (scheme and host lower case, explicit port, no trailing
+	// slash), and Endpoint is its host:port: HTTP-mode requests go to this
+	// base with their path appended, streams to Endpoint.
+	HTTP string
 }
 
 // Proxy is the proxy section.

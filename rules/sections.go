@@ -106,7 +106,7 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 			}
 		}
 	}
-	seen, ok := d.mapping(path, n, fields{
+	rf := fields{
 		"namespace": func(p string, v *yaml.Node) { r.Namespace, _ = d.host(p, v) },
 		"listen": func(p string, v *yaml.Node) {
 			d.mapping(p, v, fields{
@@ -135,7 +135,9 @@ func (d *decoder) relay(path string, n *yaml.Node) *Relay {
 		"ping_interval":  func(p string, v *yaml.Node) { r.PingInterval, _ = d.duration(p, v, 100*time.Millisecond) },
 		"drain_grace":    func(p string, v *yaml.Node) { r.DrainGrace, _ = d.duration(p, v, 0) },
 		"reuse_port":     func(p string, v *yaml.Node) { r.ReusePort, _ = d.boolean(p, v) },
-	})
+	}
+	d.relayAzureFields(rf, r)
+	seen, ok := d.mapping(path, n, rf)
 	if !ok {
 		return r
 	}
@@ -656,6 +658,7 @@ func (d *decoder) agent(path string, n *yaml.Node) *Agent {
 		a.MaxStreams = DefaultAgentMaxStreams
 	}
 	d.require(path, seen, "relays")
+	d.checkAgentTransport(path, a, seen["transport"])
 	if allow != nil && !d.bad(path+".allow") {
 		for i, c := range a.Connections {
 			ep := index(path+".connections", i) + ".endpoint"
@@ -697,7 +700,7 @@ func (d *decoder) agentConnections(path string, n *yaml.Node) []AgentConnection 
 		raw := map[string]string{}
 		f := fields{
 			"name":         func(p string, v *yaml.Node) { c.Name, _ = d.name(p, v, checkName) },
-			"endpoint":     func(p string, v *yaml.Node) { c.Endpoint, _ = d.endpointField(p, v) },
+			"endpoint":     func(p string, v *yaml.Node) { d.agentEndpoint(p, v, &c) },
 			"max_streams":  func(p string, v *yaml.Node) { c.MaxStreams, _ = d.positive(p, v) },
 			"health_check": func(p string, v *yaml.Node) { c.HealthCheck = d.healthCheck(p, v) },
 		}

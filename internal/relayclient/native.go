@@ -37,6 +37,9 @@ func newNative(ep Endpoint, o options) *native {
 	c := &native{ep: ep, proxyURL: o.proxyURL}
 	d := &net.Dialer{Timeout: DialTimeout, KeepAlive: keepAlive}
 	c.dialTCP = d.DialContext
+	if o.dial != nil {
+		c.dialTCP = o.dial
+	}
 	if ep.TLS {
 		c.tls = &tls.Config{ServerName: ep.Host, MinVersion: tls.VersionTLS12}
 		if o.tls != nil {

@@ -1,10 +1,12 @@
 package relayclient
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/wsconn"
 )
 
 // recordingDialer records every TCP connection the client tries to open
@@ -86,11 +89,42 @@ func allowedDial(addr string, tlsOn bool) bool {
 	return false
 }
 
+func requestJSON(addr string, method string, body bool) []byte {
+	req := map[string]any{"address": addr, "id": "42c34cb5-7a04-4d40-a19f-bdc66441e736"}
+	if method != "" {
+		req["method"], req["requestTarget"], req["body"] = method, "/pg/x?y=1", body
+		req["requestHeaders"] = map[string]string{"Host": "evil.example:80"}
+	}
+	b, _ := json.Marshal(map[string]any{"request": req})
+	return b
+}
+
 // exercise feeds msg to a fresh control channel as the relay would, and
-// acts on what comes out as the agent does: join an accept (or reject it).
+// acts on what comes out as the agent does: join an accept (or reject it);
+// for an HTTP-mode request, fetch it if it must be fetched and answer it
+// (with a body too large for the control channel when reject is false).
 func exercise(t *testing.T, msg []byte, tlsOn, reject bool) []string {
 	c, rec := testControl(tlsOn)
-	ev, ok := c.notice("pg", msg)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go io.Copy(io.Discard, a)
+	ch := &wsChan{hc: "pg", ws: wsconn.NewConn(b, nil, false)}
+	ev, ok := c.noticeOn(ch, msg)
+	if !ok && ch.bodyFor != nil {
+		ev, ok = c.requestBody(ch, []byte("the body"))
+	}
+	if ok && ev.Request != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if ev.Request.Open(ctx) == nil {
+			size := 70 << 10
+			if reject {
+				size = 10
+			}
+			ev.Request.Respond(ctx, 200, "", nil, bytes.NewReader(make([]byte, size)))
+		}
+	}
 	if ok && ev.Accept != nil {
 		if reject {
 			c.Reject(ev.Accept.ID, status.Refused, "no")
@@ -102,6 +136,39 @@ func exercise(t *testing.T, msg []byte, tlsOn, reject bool) []string {
 		}
 	}
 	return rec.dialled()
+}
+
+// TestRequestNotices: an HTTP-mode request's rendezvous address is held to
+// the same rules as an accept's; a small answer needs no dial at all.
+func TestRequestNotices(t *testing.T) {
+	good := "ws://relay.example.com:8443/$hc/pg/orders?y=1&sb-hc-action=request&sb-hc-id=abc"
+	tests := []struct {
+		name      string
+		msg       []byte
+		small     bool
+		wantDials int
+	}{
+		{"control channel, small answer", requestJSON(good, "GET", false), true, 0},
+		{"control channel with body, large answer", requestJSON(good, "POST", true), false, 1},
+		{"fetched over the rendezvous", requestJSON(good, "", false), true, 1},
+		{"rendezvous off the relay", requestJSON("ws://10.0.0.1:8443/$hc/pg?sb-hc-action=request&sb-hc-id=abc", "", false), false, 0},
+		{"accept action", requestJSON("ws://relay.example.com:8443/$hc/pg?sb-hc-action=accept&sb-hc-id=abc", "GET", false), false, 0},
+		{"other connection", requestJSON("ws://relay.example.com:8443/$hc/other?sb-hc-action=request&sb-hc-id=abc", "GET", false), false, 0},
+		{"dot segments", requestJSON("ws://relay.example.com:8443/$hc/pg/../other?sb-hc-action=request&sb-hc-id=abc", "GET", false), false, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := exercise(t, tt.msg, false, tt.small)
+			if len(got) != tt.wantDials {
+				t.Fatalf("dialled %v, want %d dials", got, tt.wantDials)
+			}
+			for _, a := range got {
+				if !allowedDial(a, false) {
+					t.Fatalf("dialled %s", a)
+				}
+			}
+		})
+	}
 }
 
 func TestRendezvousAddresses(t *testing.T) {
@@ -117,6 +184,9 @@ func TestRendezvousAddresses(t *testing.T) {
 		{"wss://g3-prod-am3-003-sb.servicebus.windows.net/$hc/pg?sb-hc-action=accept&sb-hc-id=abc&foo=bar", true, true},
 		{"wss://gw.example.net/$hc/pg?sb-hc-action=accept&sb-hc-id=abc", true, true},
 		{"wss://RELAY.example.com.:8443/$hc/pg?sb-hc-action=accept&sb-hc-id=abc", true, true},
+		{"ws://relay.example.com:8443/$hc/pg/orders/42?x=1&sb-hc-action=accept&sb-hc-id=abc", false, true}, // a sender's suffix
+		{"ws://relay.example.com:8443/$hc/pgx?sb-hc-action=accept&sb-hc-id=abc", false, false},
+		{"ws://relay.example.com:8443/$hc/pg//x?sb-hc-action=accept&sb-hc-id=abc", false, false},
 		// scheme must match the entry's TLS setting
 		{goodTLS, false, false},
 		{good, true, false},
@@ -192,6 +262,15 @@ func FuzzAcceptNotice(f *testing.F) {
 	}
 	f.Add([]byte(`{"accept":{"address":"ws://relay.example.com:8443/$hc/pg?sb-hc-action=accept&sb-hc-id=1","id":"x"},"accept ":{}}`), false)
 	f.Add([]byte(`{"request":{"address":"ws://10.0.0.1/"}}`), false)
+	for _, a := range []string{
+		"ws://relay.example.com:8443/$hc/pg/x?y=1&sb-hc-action=request&sb-hc-id=abc",
+		"ws://127.0.0.1:22/$hc/pg?sb-hc-action=request&sb-hc-id=abc",
+		"ws://relay.example.com:8443/$hc/pg?sb-hc-action=accept&sb-hc-id=abc",
+	} {
+		f.Add(requestJSON(a, "", false), false)
+		f.Add(requestJSON(a, "POST", true), false)
+		f.Add(requestJSON(a, "GET", false), true)
+	}
 	f.Fuzz(func(t *testing.T, msg []byte, tlsOn bool) {
 		for _, reject := range []bool{false, true} {
 			for _, a := range exercise(t, msg, tlsOn, reject) {

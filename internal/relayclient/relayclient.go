@@ -161,6 +161,9 @@ type Event struct {
 	// land on the relay that takes over, or another of the fleet); this
 	// one keeps working until the relay closes it.
 	GoAway *status.Error
+	// Request is an HTTP-mode request (WebSocket transport only; see
+	// httpreq.go).
+	Request *Request
 }
 
 // Dropped is an accept notice the client refused to act on, because the
@@ -209,6 +212,7 @@ type options struct {
 	transport    string
 	log          hclog.Logger
 	probeTimeout time.Duration
+	dial         func(ctx context.Context, network, addr string) (net.Conn, error) // WithDialer
 }
 
 // WithTransport picks the protocol: TransportTCP (the default),

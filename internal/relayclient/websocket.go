@@ -11,19 +11,21 @@ package relayclient
 //     Detach or Close, the whole Control ends (the agent reconnects).
 //   - Join dials the accept notice's rendezvous address; Reject dials it with
 //     sb-hc-statusCode (and hybrid-status) and expects 410.
+//   - HTTP mode: a {"request":{...}} notice becomes an Event.Request
+//     (httpreq.go), answered on the control channel or over the request's
+//     rendezvous.
 //   - Renew sends {"renewToken":{"token":...}}; Azure answers nothing, so a
 //     refusal shows up as the channel closing.
 //   - Check is hybrid's extension: GET /$hc/<hc>?sb-hc-action=check, which
-//     Azure Relay does not have.
+//     Azure Relay does not have; against such a relay a listen right is
+//     checked by a listen attempt that detaches at once.
 //
-// Liveness: x/net/websocket hides pings and pongs, so every connection is
-// wrapped in a reader that notes when bytes last arrived; the client pings
-// each control channel every PingInterval and ends it after three intervals
-// without a byte (the relay's pings or our pongs keep it alive).
+// Liveness: the client pings each control channel every PingInterval and
+// ends it after three intervals without a frame (the relay's pings or its
+// pongs keep it alive). The WebSocket itself is internal/wsconn's: streams
+// are *wsconn.Conn, whose CloseWrite is a close frame (half-close).
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -34,6 +36,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,10 +44,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/net/websocket"
 
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/wsconn"
 )
 
 // ProbeTimeout bounds auto mode's probe of the native control port.
@@ -82,33 +85,13 @@ func (c *wsClient) url(hc, action string) string {
 	return u.String()
 }
 
-// watchConn notes when bytes last arrived, and records the handshake's
-// bytes so that a refused upgrade's answer can be read back.
-type watchConn struct {
-	net.Conn
-	last      atomic.Int64
-	recording bool
-	rec       bytes.Buffer
-}
-
-func (w *watchConn) Read(p []byte) (int, error) {
-	n, err := w.Conn.Read(p)
-	if n > 0 {
-		w.last.Store(time.Now().UnixNano())
-		if w.recording {
-			w.rec.Write(p[:n])
-		}
-	}
-	return n, err
-}
-
 // dialWS opens a WebSocket to rawURL on the relay (its http port unless
 // the URL names another). A refused upgrade is returned as a *status.Error
 // built from the HTTP answer.
-func (c *wsClient) dialWS(ctx context.Context, rawURL string, hdr http.Header, timeout time.Duration) (*websocket.Conn, *watchConn, error) {
+func (c *wsClient) dialWS(ctx context.Context, rawURL string, hdr http.Header, timeout time.Duration) (*wsconn.Conn, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("websocket address %q: %w", rawURL, err)
+		return nil, fmt.Errorf("websocket address %q: %w", rawURL, err)
 	}
 	port := c.n.ep.HTTP
 	if p := u.Port(); p != "" {
@@ -119,75 +102,33 @@ func (c *wsClient) dialWS(ctx context.Context, rawURL string, hdr http.Header, t
 
 // dialWSAt opens a WebSocket to u over a TCP connection to host:port, and
 // nowhere else whatever u says.
-func (c *wsClient) dialWSAt(ctx context.Context, host string, port int, u *url.URL, hdr http.Header, timeout time.Duration) (*websocket.Conn, *watchConn, error) {
-	rawURL := u.String()
+func (c *wsClient) dialWSAt(ctx context.Context, host string, port int, u *url.URL, hdr http.Header, timeout time.Duration) (*wsconn.Conn, error) {
 	conn, err := c.n.dialHost(ctx, host, port)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	deadline := time.Now().Add(timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+	ws, err := wsconn.Dial(ctx, conn, u, wsconn.DialOptions{Header: hdr, Timeout: timeout})
+	var he *wsconn.HandshakeError
+	if errors.As(err, &he) {
+		return nil, refusal(he)
 	}
-	conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	origin := "http://" + u.Host
-	if u.Scheme == "wss" {
-		origin = "https://" + u.Host
-	}
-	cfg, err := websocket.NewConfig(rawURL, origin)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	for k, v := range hdr {
-		cfg.Header[k] = v
-	}
-	wc := &watchConn{Conn: conn, recording: true}
-	ws, err := websocket.NewClient(cfg, wc)
-	wc.recording = false
-	if err != nil {
-		defer conn.Close()
-		if errors.Is(err, websocket.ErrBadStatus) {
-			return nil, nil, refusal(wc)
-		}
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
-		}
-		return nil, nil, fmt.Errorf("websocket %s: %w", u.Redacted(), err)
-	}
-	wc.rec = bytes.Buffer{}
-	if !stop() {
-		ws.Close()
-		return nil, nil, ctx.Err()
-	}
-	conn.SetDeadline(time.Time{})
-	ws.PayloadType = websocket.BinaryFrame
-	wc.last.Store(time.Now().UnixNano())
-	return ws, wc, nil
+	return ws, err
 }
 
-// refusal reads a refused handshake's answer into a *status.Error.
-func refusal(wc *watchConn) error {
-	wc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(io.MultiReader(bytes.NewReader(wc.rec.Bytes()), wc.Conn)), nil)
-	if err != nil {
-		return status.Errorf(status.Internal, "relay refused the websocket upgrade with an unreadable answer: %v", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-	code := status.CodeOfHTTP(resp.StatusCode)
-	if n, err := strconv.Atoi(resp.Header.Get(headerStatus)); err == nil && status.Code(n).Valid() {
+// refusal turns a refused handshake's answer into a *status.Error: the
+// relay's Hybrid-Status code when it sent one, else the HTTP status's.
+func refusal(he *wsconn.HandshakeError) error {
+	code := status.CodeOfHTTP(he.StatusCode)
+	if n, err := strconv.Atoi(he.Header.Get(headerStatus)); err == nil && status.Code(n).Valid() {
 		code = status.Code(n)
 	}
-	msg := strings.TrimSpace(string(body))
+	msg := strings.TrimSpace(string(he.Body))
 	if msg == "" {
-		msg = resp.Status
+		msg = he.Status
 	}
 	if code == status.OK {
 		code = status.Internal
-		msg = "unexpected answer to websocket upgrade: " + resp.Status
+		msg = "unexpected answer to websocket upgrade: " + he.Status
 	}
 	return &status.Error{Code: code, Msg: msg}
 }
@@ -206,7 +147,7 @@ func (c *wsClient) OpenStream(ctx context.Context, req OpenRequest) (net.Conn, e
 	if req.Target != "" {
 		h.Set(headerTarget, req.Target)
 	}
-	ws, _, err := c.dialWS(ctx, c.url(req.HC, "connect"), h, OpenTimeout)
+	ws, err := c.dialWS(ctx, c.url(req.HC, "connect"), h, OpenTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -281,6 +222,10 @@ func (c *wsClient) Check(ctx context.Context, hc, token string, right sas.Rights
 	if resp.StatusCode == http.StatusOK && resp.Header.Get(headerStatus) == "0" {
 		return nil
 	}
+	if resp.Header.Get(headerStatus) == "" {
+		// Not a hybrid relay (Azure Relay has no check action).
+		return c.checkForeign(ctx, hc, token, right)
+	}
 	code := status.CodeOfHTTP(resp.StatusCode)
 	if n, err := strconv.Atoi(resp.Header.Get(headerStatus)); err == nil && status.Code(n).Valid() {
 		code = status.Code(n)
@@ -289,6 +234,37 @@ func (c *wsClient) Check(ctx context.Context, hc, token string, right sas.Rights
 		return status.Errorf(status.Version, "relay %s does not support credential checks over websocket", c)
 	}
 	return &status.Error{Code: code, Msg: strings.TrimSpace(string(body))}
+}
+
+// WithDialer makes the client open its TCP connections (to the relay, a
+// rendezvous host or a CONNECT proxy) with dial: names and ports are still
+// checked as always, only the way there changes. For tests that play a
+// relay under a name DNS does not know (an Azure namespace).
+func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = dial }
+}
+
+// ErrNotCheckable says a relay cannot tell whether a key is good without
+// side effects: a send right on a relay that is not hybrid's could only be
+// tested by opening a stream (which a listener would serve).
+var ErrNotCheckable = errors.New("cannot be checked at this relay without opening a stream")
+
+// checkForeign checks a key at a relay without hybrid's check action
+// (Azure Relay): a listen right by opening a control channel and leaving at
+// once (a listener that is gone before it could be offered anything); a
+// send right not at all (ErrNotCheckable).
+func (c *wsClient) checkForeign(ctx context.Context, hc, token string, right sas.Rights) error {
+	if !right.Has(sas.Listen) {
+		return fmt.Errorf("send key for %q at %s: %w", hc, c, ErrNotCheckable)
+	}
+	h := http.Header{}
+	h.Set(headerAuth, token)
+	ws, err := c.dialWS(ctx, c.url(hc, "listen"), h, HandshakeTimeout)
+	if err != nil {
+		return err
+	}
+	ws.CloseWith(wsconn.CloseNormal, "key check")
+	return nil
 }
 
 func (c *wsClient) Listen(ctx context.Context, agent, version string) (Control, error) {
@@ -321,10 +297,12 @@ type wsControl struct {
 
 type wsChan struct {
 	hc      string
-	ws      *websocket.Conn
-	wc      *watchConn
-	wmu     sync.Mutex
+	ws      *wsconn.Conn
+	wmu     sync.Mutex  // our writes, each with its write deadline
 	leaving atomic.Bool // ended by Detach or Close
+	// bodyFor is a control-channel HTTP request whose body is the next
+	// binary message (read loop only).
+	bodyFor *Request
 }
 
 func (c *wsControl) Events() <-chan Event  { return c.events }
@@ -382,13 +360,11 @@ func (c *wsControl) Attach(ctx context.Context, hc, token string) error {
 	if c.agent != "" {
 		h.Set(headerAgent, c.agent)
 	}
-	ws, wc, err := c.client.dialWS(ctx, c.client.url(hc, "listen"), h, HandshakeTimeout)
+	ws, err := c.client.dialWS(ctx, c.client.url(hc, "listen"), h, HandshakeTimeout)
 	if err != nil {
 		return err
 	}
-	ws.PayloadType = websocket.TextFrame
-	ws.MaxPayloadBytes = MaxControlMessage
-	ch := &wsChan{hc: hc, ws: ws, wc: wc}
+	ch := &wsChan{hc: hc, ws: ws}
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -420,13 +396,23 @@ func (c *wsControl) channel(hc string) (*wsChan, error) {
 	return ch, nil
 }
 
-func (ch *wsChan) send(codec websocket.Codec, v any) error {
+// send writes messages back to back (one op and payload each), with a
+// write deadline.
+func (ch *wsChan) send(ops []byte, ps [][]byte) error {
 	ch.wmu.Lock()
 	defer ch.wmu.Unlock()
 	ch.ws.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
-	err := codec.Send(ch.ws, v)
-	ch.ws.SetWriteDeadline(time.Time{}) // the library writes pongs on its own
+	err := ch.ws.WriteMessages(ops, ps)
+	ch.ws.SetWriteDeadline(time.Time{}) // pongs are written on their own
 	return err
+}
+
+func (ch *wsChan) sendJSON(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return ch.send([]byte{wsconn.OpText}, [][]byte{b})
 }
 
 func (c *wsControl) Renew(ctx context.Context, hc, token string) error {
@@ -440,7 +426,7 @@ func (c *wsControl) Renew(ctx context.Context, hc, token string) error {
 		} `json:"renewToken"`
 	}
 	m.RenewToken.Token = token
-	return ch.send(websocket.JSON, &m)
+	return ch.sendJSON(&m)
 }
 
 func (c *wsControl) Detach(hc string) error {
@@ -491,7 +477,7 @@ func (c *wsControl) Reject(id StreamID, code status.Code, msg string) error {
 		defer c.rejects.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 		defer cancel()
-		ws, _, err := c.client.dialWSAt(ctx, addr.host, addr.port, &u, nil, HandshakeTimeout)
+		ws, err := c.client.dialWSAt(ctx, addr.host, addr.port, &u, nil, HandshakeTimeout)
 		if err == nil {
 			ws.Close() // a relay that accepted a rejection: nothing more to do
 		}
@@ -507,7 +493,7 @@ func (c *wsControl) Join(ctx context.Context, a *Accept, token string) (net.Conn
 	// No token on the rendezvous: the single-use address is the
 	// capability (as in Azure), and the listen key stays with the relay
 	// that was configured.
-	ws, _, err := c.client.dialWSAt(ctx, addr.host, addr.port, addr.url, nil, HandshakeTimeout)
+	ws, err := c.client.dialWSAt(ctx, addr.host, addr.port, addr.url, nil, HandshakeTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -527,7 +513,8 @@ func idOf(s string) StreamID {
 }
 
 type wsAcceptMsg struct {
-	Accept *struct {
+	Request *wsRequestMsg `json:"request"`
+	Accept  *struct {
 		Address        string            `json:"address"`
 		ID             string            `json:"id"`
 		ConnectHeaders map[string]string `json:"connectHeaders"`
@@ -554,10 +541,9 @@ const MaxControlMessage = 64 << 10
 func (c *wsControl) readLoop(ch *wsChan) {
 	defer c.wg.Done()
 	for {
-		var msg []byte
-		err := websocket.Message.Receive(ch.ws, &msg)
+		op, msg, err := ch.ws.ReadMessage(MaxControlMessage)
 		if err != nil {
-			if errors.Is(err, websocket.ErrFrameTooLarge) {
+			if errors.Is(err, wsconn.ErrTooBig) {
 				err = fmt.Errorf("relay sent a control message over %d bytes", MaxControlMessage)
 			}
 			if !ch.leaving.Load() {
@@ -565,9 +551,15 @@ func (c *wsControl) readLoop(ch *wsChan) {
 			}
 			return
 		}
-		ev, ok := c.notice(ch.hc, msg)
+		var ev Event
+		var ok bool
+		if op == wsconn.OpBinary {
+			ev, ok = c.requestBody(ch, msg)
+		} else {
+			ev, ok = c.noticeOn(ch, msg)
+		}
 		if !ok {
-			continue // a message this client does not know (Azure's "request")
+			continue // a message this client does not know, or a request waiting for its body
 		}
 		select {
 		case c.events <- ev:
@@ -581,8 +573,23 @@ func (c *wsControl) readLoop(ch *wsChan) {
 // rendezvous address the agent may follow, or a dropped notice saying why
 // not. ok is false for messages that are not accept notices.
 func (c *wsControl) notice(hc string, msg []byte) (ev Event, ok bool) {
+	return c.noticeOn(&wsChan{hc: hc}, msg)
+}
+
+// noticeOn turns one text message of channel ch into an event: an accept
+// (or HTTP request, httpreq.go) whose rendezvous address the agent may
+// follow, or a dropped notice saying why not. ok is false for messages
+// that are not notices, and for a request whose body is still to come.
+func (c *wsControl) noticeOn(ch *wsChan, msg []byte) (ev Event, ok bool) {
+	hc := ch.hc
 	var m wsAcceptMsg
-	if json.Unmarshal(msg, &m) != nil || m.Accept == nil {
+	if json.Unmarshal(msg, &m) != nil {
+		return Event{}, false
+	}
+	if m.Request != nil {
+		return c.request(ch, m.Request)
+	}
+	if m.Accept == nil {
 		return Event{}, false
 	}
 	acc := &Accept{ID: idOf(m.Accept.ID), HC: hc,
@@ -591,7 +598,7 @@ func (c *wsControl) notice(hc string, msg []byte) (ev Event, ok bool) {
 	if m.Accept.RemoteEndpoint.Address != "" {
 		acc.SenderAddr = net.JoinHostPort(m.Accept.RemoteEndpoint.Address, strconv.Itoa(m.Accept.RemoteEndpoint.Port))
 	}
-	rv, err := c.client.checkRendezvous(m.Accept.Address, hc)
+	rv, err := c.client.checkRendezvous(m.Accept.Address, hc, "accept")
 	if err != nil {
 		// Never dial it, not even to reject: a relay must not be able to
 		// point the agent at anything but itself.
@@ -615,12 +622,13 @@ func clip(s string) string {
 }
 
 // checkRendezvous reports why the agent must not follow addr, the
-// rendezvous address of an accept notice for hc, or nil if it may: the
-// scheme must match the relay entry's TLS setting, the host must be the
-// relay itself (on its http port) or one of the entry's rendezvous hosts
-// (on the scheme's port or the http port), the path must be /$hc/<hc> and
-// the query must name the accept action and a stream id.
-func (c *wsClient) checkRendezvous(addr, hc string) (rendezvous, error) {
+// rendezvous address of an accept (or request) notice for hc, or nil if it
+// may: the scheme must match the relay entry's TLS setting, the host must
+// be the relay itself (on its http port) or one of the entry's rendezvous
+// hosts (on the scheme's port or the http port), the path must be
+// /$hc/<hc>, or a clean path below it (a sender's suffix), and the query
+// must name the action and an id.
+func (c *wsClient) checkRendezvous(addr, hc, action string) (rendezvous, error) {
 	fail := func(err error) (rendezvous, error) { return rendezvous{}, err }
 	u, err := url.Parse(addr)
 	if err != nil {
@@ -657,12 +665,13 @@ func (c *wsClient) checkRendezvous(addr, hc string) (rendezvous, error) {
 	default:
 		return fail(fmt.Errorf("rendezvous host %q is neither the relay %q nor in its rendezvous_hosts", host, c.n.ep.Host))
 	}
-	if u.Path != "/$hc/"+hc {
-		return fail(fmt.Errorf("rendezvous path %q is not /$hc/%s", u.Path, hc))
+	base := "/$hc/" + hc
+	if u.Path != base && (!strings.HasPrefix(u.Path, base+"/") || path.Clean(u.Path) != u.Path) {
+		return fail(fmt.Errorf("rendezvous path %q is not /$hc/%s or a clean path below it", u.Path, hc))
 	}
 	q := u.Query()
-	if a := q.Get("sb-hc-action"); a != "accept" && a != "reject" {
-		return fail(fmt.Errorf("rendezvous action %q is not accept", a))
+	if a := q.Get("sb-hc-action"); a != action {
+		return fail(fmt.Errorf("rendezvous action %q is not %s", a, action))
 	}
 	if q.Get("sb-hc-id") == "" {
 		return fail(errors.New("rendezvous address has no sb-hc-id"))
@@ -685,13 +694,18 @@ func rendezvousHost(hosts []string, host string) bool {
 }
 
 func closedErr(err error) error {
+	var ce *wsconn.CloseError
+	if errors.As(err, &ce) {
+		if ce.Reason != "" {
+			return fmt.Errorf("closed by the relay: %d %s", ce.Code, ce.Reason)
+		}
+		return fmt.Errorf("closed by the relay: %d", ce.Code)
+	}
 	if errors.Is(err, io.EOF) {
 		return errors.New("closed by the relay")
 	}
 	return err
 }
-
-var pingCodec = websocket.Codec{Marshal: func(any) ([]byte, byte, error) { return nil, websocket.PingFrame, nil }}
 
 // pingLoop pings the channel and ends it when nothing arrived for three
 // intervals.
@@ -708,11 +722,16 @@ func (c *wsControl) pingLoop(ch *wsChan) {
 		if ch.leaving.Load() {
 			return
 		}
-		if time.Since(time.Unix(0, ch.wc.last.Load())) > 3*PingInterval {
+		if ch.ws.Idle() > 3*PingInterval {
 			c.fail(fmt.Errorf("control channel to %s for %q: relay silent for %s", c.client, ch.hc, 3*PingInterval))
 			return
 		}
-		if err := ch.send(pingCodec, nil); err != nil {
+		ch.wmu.Lock()
+		ch.ws.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
+		err := ch.ws.Ping(nil)
+		ch.ws.SetWriteDeadline(time.Time{})
+		ch.wmu.Unlock()
+		if err != nil {
 			if !ch.leaving.Load() {
 				c.fail(fmt.Errorf("control channel to %s for %q: %w", c.client, ch.hc, err))
 			}

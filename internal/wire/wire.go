@@ -321,6 +321,13 @@ type PeerOpen struct {
 	Early       []byte
 	SenderRelay string    // the relay the sender is on, for logs
 	Session     SessionID // the sender's session (of any relay of the fleet), or zero
+	// Headers are a WebSocket sender's connect headers, as JSON; empty
+	// for a native sender.
+	Headers string
+	// Tracking, Suffix and Query are a WebSocket sender's Azure details
+	// (its sb-hc-id, path suffix and non-sb- query), empty otherwise.
+	Tracking, Suffix, Query string
+	Azure                   bool // the sender came over Azure's protocol
 }
 
 // Pipe kinds of PeerPipe.
@@ -394,7 +401,12 @@ func (f *PeerOpen) appendPayload(b []byte) []byte {
 	b = appendStr(appendStr(appendStr(appendStr(b, f.HC), f.Target), f.SenderKey), f.Value)
 	b = binary.BigEndian.AppendUint64(b, f.Expiry)
 	b = appendBytes(appendStr(b, f.SenderAddr), f.Early)
-	return append(appendStr(b, f.SenderRelay), f.Session[:]...)
+	b = append(appendStr(b, f.SenderRelay), f.Session[:]...)
+	b = appendStr(appendStr(appendStr(appendStr(b, f.Headers), f.Tracking), f.Suffix), f.Query)
+	if f.Azure {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }
 func (f *PeerPipe) appendPayload(b []byte) []byte { return append(b, f.Kind) }
 
@@ -408,6 +420,8 @@ func (f *PeerOpen) decode(d *decoder) {
 	f.HC, f.Target, f.SenderKey, f.Value = d.str(), d.str(), d.str(), d.str()
 	f.Expiry, f.SenderAddr, f.Early = d.u64(), d.str(), d.bytes()
 	f.SenderRelay, f.Session = d.str(), SessionID(d.id())
+	f.Headers, f.Tracking, f.Suffix, f.Query = d.str(), d.str(), d.str(), d.str()
+	f.Azure = d.u8() == 1
 }
 func (f *PeerPipe) decode(d *decoder) { f.Kind = d.u8() }
 

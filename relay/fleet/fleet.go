@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -296,6 +297,15 @@ func (f *Fleet) Forward(ctx context.Context, req relay.RemoteOpen) (net.Conn, er
 	}
 	open := &wire.PeerOpen{HC: req.HC, Target: req.Target, SenderKey: req.Grant.Rule, Value: req.Grant.Value(),
 		Expiry: exp, SenderAddr: req.SenderAddr, Early: req.Early, SenderRelay: f.id, Session: wire.SessionID(req.Session)}
+	if len(req.Headers) > 0 {
+		b, _ := json.Marshal(req.Headers)
+		if len(b) <= wire.MaxString {
+			open.Headers = string(b)
+		}
+	}
+	if a := req.Azure; a != nil {
+		open.Azure, open.Tracking, open.Suffix, open.Query = true, a.Tracking, a.Suffix, a.Query
+	}
 	var last error
 	for _, e := range cands {
 		conn, err := f.open(ctx, e.Peer, open, req.Progress)
