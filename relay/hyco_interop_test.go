@@ -227,11 +227,17 @@ func TestHycoWSReconnectStorm(t *testing.T) {
 		Limits: rules.RelayLimits{Connections: rules.DefaultLimitConnections, PerSource: rules.DefaultLimitPerSource,
 			Pending: rules.DefaultLimitPending, PendingPerKey: rules.DefaultLimitPendingPerKey}}
 	ln := func(addr string) net.Listener {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
+		// The outage frees the ports; another socket of the machine may hold
+		// one for a moment (an ephemeral port of a connection): try again.
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			var l net.Listener
+			if l, err = net.Listen("tcp", addr); err == nil {
+				return l
+			}
 		}
-		return l
+		t.Fatal(err)
+		return nil
 	}
 	serve := func(l *Listeners, park time.Duration) (*Server, context.CancelFunc, chan struct{}) {
 		c := *cfg

@@ -176,6 +176,10 @@ func (c *tcpConn) Close() error {
 // Unwrap returns the underlying connection.
 func (c *tcpConn) Unwrap() net.Conn { return c.TCPConn }
 
+// RawTCP returns the TCP connection: reads and writes are its own, so a
+// copy may splice from it (stream.RawTCPer).
+func (c *tcpConn) RawTCP() *net.TCPConn { return c.TCPConn }
+
 // conn is the same for a connection of another kind.
 type conn struct {
 	net.Conn

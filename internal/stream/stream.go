@@ -36,21 +36,24 @@ func Pipe(a, b net.Conn) Counts {
 	return Counts{AToB: j.AToB.Load(), BToA: j.BToA.Load()}
 }
 
-// countChunk is how often a running copy reports its bytes. io.CopyN keeps
-// splice(2): the kernel path takes an *io.LimitedReader of a TCP conn.
+// countChunk bounds one step of a copy that has more waiting than that: a
+// running copy reports its bytes at least this often.
 const countChunk = 1 << 20
 
-// copyHalf copies src to dst like copyHalf, adding to count as it
-// goes rather than only at the end.
+// copyHalf copies src to dst until src ends, adding to count as it goes,
+// then half-closes dst (or, failing that, ends the stream).
+//
+// An idle stream holds no copy buffer and no splice pipe: when src is a
+// TCP connection the copy first waits for it to be readable, with nothing
+// in hand, then moves what is there — with splice(2) when dst is a TCP
+// connection too (io.CopyN of exactly the bytes available, so the kernel
+// pipe goes back to Go's pool at once), else through a pooled buffer.
 func copyHalf(dst, src net.Conn, abort func(), count *atomic.Int64) {
 	var err error
-	for {
-		var n int64
-		n, err = io.CopyN(dst, src, countChunk)
-		count.Add(n)
-		if err != nil || n < countChunk {
-			break
-		}
+	if tc := rawTCP(src); tc != nil && idleWait {
+		err = copyTCP(dst, tc, count)
+	} else {
+		err = copyBuffered(dst, src, count)
 	}
 	if err != nil && err != io.EOF { // EOF is the clean end: anything else ends the stream
 		abort()
@@ -63,6 +66,135 @@ func copyHalf(dst, src net.Conn, abort func(), count *atomic.Int64) {
 	}
 	// The destination cannot half-close (or failed to): end the stream.
 	abort()
+}
+
+// rawTCP returns the TCP connection src reads from directly: src itself,
+// or what a transparent wrapper (RawTCPer) holds.
+func rawTCP(c net.Conn) *net.TCPConn {
+	switch x := c.(type) {
+	case *net.TCPConn:
+		return x
+	case RawTCPer:
+		return x.RawTCP()
+	}
+	return nil
+}
+
+// spliceable reports whether dst takes a splice from a TCP connection:
+// its ReadFrom is a *net.TCPConn's.
+func spliceable(dst net.Conn) bool {
+	switch dst.(type) {
+	case *net.TCPConn, RawTCPer:
+		return true
+	}
+	return false
+}
+
+// copyTCP copies from a TCP connection: wait, then move what is there.
+func copyTCP(dst net.Conn, src *net.TCPConn, count *atomic.Int64) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return copyBuffered(dst, src, count)
+	}
+	splice := spliceable(dst)
+	for {
+		avail, err := waitReadable(rc)
+		if err != nil {
+			return err
+		}
+		if avail <= 0 {
+			avail = 1 // end of stream or an error: the read says which
+		}
+		var n int64
+		if splice {
+			n, err = io.CopyN(dst, src, min(int64(avail), countChunk))
+		} else {
+			n, err = copyOnce(dst, src, avail)
+		}
+		count.Add(n)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// bufs are the copy buffers of copies that cannot splice, taken only while
+// bytes flow.
+var bufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// smallBufs hold a copy's place while it waits on a source that cannot be
+// waited on without a read (TLS, WebSocket): small, so an idle stream holds
+// little.
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, 2<<10); return &b }}
+
+// copyOnce reads up to want bytes (at most a pooled buffer's worth) from
+// src and writes them to dst.
+func copyOnce(dst io.Writer, src io.Reader, want int) (int64, error) {
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	b := (*bp)[:min(want, len(*bp))]
+	n, err := src.Read(b)
+	if n > 0 {
+		if _, werr := dst.Write(b[:n]); werr != nil {
+			return 0, werr
+		}
+	}
+	return int64(n), err
+}
+
+// copyBuffered copies from a source that cannot be waited on: it reads into
+// a small buffer while idle, and into a large pooled one while reads fill
+// the small one.
+func copyBuffered(dst net.Conn, src io.Reader, count *atomic.Int64) error {
+	if rf, ok := dst.(io.ReaderFrom); ok && !spliceable(dst) {
+		// The destination copies frames its own way (a WebSocket relaying
+		// another's messages).
+		if _, ok := src.(io.WriterTo); !ok {
+			for {
+				n, err := rf.ReadFrom(io.LimitReader(src, countChunk))
+				count.Add(n)
+				if err != nil {
+					return err
+				}
+				if n < countChunk {
+					return io.EOF
+				}
+			}
+		}
+	}
+	for {
+		sp := smallBufs.Get().(*[]byte)
+		n, err := src.Read(*sp)
+		if n > 0 {
+			_, werr := dst.Write((*sp)[:n])
+			count.Add(int64(n))
+			if werr != nil {
+				smallBufs.Put(sp)
+				return werr
+			}
+		}
+		full := n == len(*sp)
+		smallBufs.Put(sp)
+		if err != nil {
+			return err
+		}
+		for full { // more is coming: big reads until one comes back short
+			var m int64
+			m, err = copyOnce(dst, src, countChunk)
+			count.Add(m)
+			if err != nil {
+				return err
+			}
+			full = m == 64<<10
+		}
+	}
+}
+
+// RawTCPer is a connection wrapper whose reads and writes are its TCP
+// connection's own (it only watches Close, say): copies may read the TCP
+// connection directly, and so splice.
+type RawTCPer interface {
+	RawTCP() *net.TCPConn
 }
 
 // IsClosed reports whether err only says that a connection ended: EOF, a
