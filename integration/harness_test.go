@@ -159,16 +159,33 @@ func freePort(t testing.TB) int {
 // on Linux) or "::1".
 func freeAddr(t testing.TB, host string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatalf("freeAddr(%q): %v", host, err)
+	for {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Fatalf("freeAddr(%q): %v", host, err)
+		}
+		addr := l.Addr().String()
+		if err := l.Close(); err != nil {
+			t.Fatalf("freeAddr(%q): close: %v", host, err)
+		}
+		// The kernel may hand the same free port out twice in a row: a
+		// port given out in this run is not given again (two listeners of
+		// one config would conflict).
+		_, port, _ := net.SplitHostPort(addr)
+		givenMu.Lock()
+		seen := given[port]
+		given[port] = true
+		givenMu.Unlock()
+		if !seen {
+			return addr
+		}
 	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatalf("freeAddr(%q): close: %v", host, err)
-	}
-	return addr
 }
+
+var (
+	givenMu sync.Mutex
+	given   = map[string]bool{} // ports freeAddr returned in this run
+)
 
 // pollInterval is how often the wait helpers re-check their condition.
 const pollInterval = 25 * time.Millisecond
