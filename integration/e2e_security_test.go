@@ -100,20 +100,23 @@ func TestSecurityConnectionCaps(t *testing.T) {
 		}
 	}()
 	for _, port := range []int{r.Control, r.Data, r.HTTP} {
-		var kept int
+		var kept, failed int
+		var lastErr error
+		var mine []net.Conn
 		for i := 0; i < perSource+10; i++ {
 			h, err := hostile.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-			if err != nil {
+			if err != nil { // a refused connect is a refusal too
+				failed, lastErr = failed+1, err
 				continue
 			}
-			held = append(held, h)
+			held, mine = append(held, h), append(mine, h)
 			if port == r.HTTP && i%2 == 0 { // half of them idle keep-alive HTTP
 				fmt.Fprintf(h, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 			}
 		}
 		// Count what the relay kept: refused ones are reset at once.
 		time.Sleep(300 * time.Millisecond)
-		for _, h := range held[len(held)-(perSource+10):] {
+		for _, h := range mine {
 			h.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 			_, err := h.Read(make([]byte, 512))
 			var ne net.Error
@@ -121,7 +124,8 @@ func TestSecurityConnectionCaps(t *testing.T) {
 				kept++
 			}
 		}
-		t.Logf("port %d: 127.0.0.2 opened %d connections, the relay kept %d (per_source %d)", port, perSource+10, kept, perSource)
+		t.Logf("port %d: 127.0.0.2 tried %d connections (%d failed to connect: %v), the relay kept %d (per_source %d)",
+			port, perSource+10, failed, lastErr, kept, perSource)
 		if kept > perSource {
 			t.Fatalf("port %d: %d connections from one source kept, cap %d", port, kept, perSource)
 		}

@@ -361,6 +361,12 @@ func TestWatchSavePatterns(t *testing.T) {
 			}
 			lat := waitApplied(t, wt.w, "a,b", wrote)
 			t.Logf("save -> apply latency: %v", lat.Round(time.Millisecond))
+			// The snapshot is published before the stats and the log
+			// line are written: give those a moment.
+			for end := time.Now().Add(2 * time.Second); time.Now().Before(end) &&
+				!strings.Contains(wt.logs.String(), "config reloaded"); {
+				time.Sleep(time.Millisecond)
+			}
 
 			if got, _ := os.ReadFile(path); string(got) != next {
 				t.Fatalf("the save wrote %q, want %q", got, next)
