@@ -1,18 +1,22 @@
 // Package wire implements hybrid's native binary protocol: the frames spoken
-// on the relay's control port (agent or proxy ⇄ relay) and at the start of
-// every connection to its data port (proxy → relay, agent → relay). It knows
-// frames only; what they mean is decided by the relay core and the clients.
+// on the relay's control port (agent or proxy ⇄ relay), at the start of
+// every connection to its data port (proxy → relay, agent → relay), and on
+// the peer connections between the relays of a fleet. It knows frames only;
+// what they mean is decided by the relay core, the fleet and the clients.
 //
-// Protocol flow, version 2 (docs/protocol.md has the full specification):
+// Protocol flow, version 2 (docs/protocol.md has the full specification; a
+// version 1 preface is answered RESULT{Version}):
 //
 //	control channel, one per agent (or proxy) per relay, frames until either side closes:
 //	  client → relay  preface "HYB\x02", HELLO{role, name, version}
-//	  relay → client  WELCOME{session, relay, ping_ms}   (or RESULT{code} refusing)
+//	  relay → client  WELCOME{session, relay, ping_ms}   (or RESULT{code} refusing;
+//	                  role probe: WELCOME, then the relay closes)
 //	  client → relay  ATTACH{hc, token}          listen (agent) or send (proxy) right
 //	  relay → client  ATTACHED{hc, code, msg}    (also sent unprompted on revocation/expiry)
 //	  client → relay  RENEW{hc, token}           before the token expires → ATTACHED
 //	  client → relay  DETACH{hc}
 //	  relay → agent   ACCEPT{id, hc, target, key, addr, early}   a sender wants a stream
+//	                  (early is always empty on the control channel)
 //	  agent → relay   ACK{id}                    alive, still dialling the resource
 //	  agent → relay   REJECT{id, code, msg}      the agent will not serve it
 //	  agent → relay   HEALTH{hc, code, msg}      its endpoint is (un)reachable
@@ -21,9 +25,10 @@
 //
 //	data connection, one per stream; frames, then raw bytes:
 //	  proxy → relay   preface, OPEN{hc, token, target, session, early}
-//	  relay → proxy   PROGRESS (zero or more: the agent is dialling), then RESULT{code, msg}
+//	  relay → proxy   PROGRESS (zero or more: an agent is dialling, or the
+//	                  stream moved to another agent), then RESULT{code, msg}
 //	  agent → relay   preface, JOIN{id, hc, token}      after ACCEPT on the control channel
-//	  relay → agent   RESULT{code, msg}
+//	  relay → agent   RESULT{code, msg}, then the early data as raw bytes
 //	  agent → relay   preface, PARK{session}    a pre-opened connection for the next stream
 //	  relay → agent   ACCEPT{..., early}        on the parked connection, when a stream comes
 //	  agent → relay   ACK (optional), then RESULT{code, msg}
@@ -36,11 +41,12 @@
 //	  B → A   PEERAUTH{mac}                      B's proof
 //	  A → B   RESULT{code}
 //	  then, on an idle authenticated connection, one of:
-//	  B → A   PEEROPEN{hc, target, key, value, expiry, addr, early}   a stream for A's agents
+//	  B → A   PEEROPEN{hc, target, key, value, expiry, addr, early, relay,
+//	          session, headers, tracking, suffix, query, azure}   a stream for A's agents
 //	          A → B   PROGRESS*, RESULT; raw bytes follow
 //	  B → A   PEERPIPE{kind}, then a client's whole connection as B read it
-//	          (a PARK, JOIN, WARM or OPEN for A's session or stream; an HTTP
-//	          rendezvous): A serves it as if it had landed on A
+//	          (a JOIN or PARK naming A's stream or session; a WebSocket
+//	          rendezvous for A's stream): A serves it as if it had landed on A
 //
 //	data connection for a credentials check (hybrid diagnose), nothing after:
 //	  client → relay  preface, CHECK{hc, token, right}
@@ -48,10 +54,11 @@
 //
 // Every frame is a 5-byte header — type (1 byte) and payload length (uint32,
 // big endian) — and a payload of fields: strings as uint16 length + bytes,
-// byte strings as uint32 length + bytes, codes as one byte, nonces as uint64,
-// stream and session ids as 16 bytes. Read never reads past the end of the
-// frame it returns, so a data connection can turn into a raw byte stream
-// right after its handshake with nothing lost.
+// byte strings as uint32 length + bytes, codes as one byte, PING nonces as
+// uint64, stream and session ids and peer nonces as 16 bytes, MACs as 32.
+// Read never reads past the end of the frame it returns, so a data
+// connection can turn into a raw byte stream right after its handshake with
+// nothing lost.
 package wire
 
 import (
@@ -347,9 +354,9 @@ type Check struct {
 	Right uint8
 }
 
-// Result answers Hello (as a refusal), Open, Join, Check and an ACCEPT on a
-// parked connection. After an OK Result on a data connection, the
-// connection carries raw stream bytes.
+// Result answers Hello (as a refusal), Open, Join, Check, a refused Park or
+// Warm, an ACCEPT on a parked connection, PeerAuth and PeerOpen. After an OK
+// Result on a data connection, the connection carries raw stream bytes.
 type Result struct {
 	Code status.Code
 	Msg  string
