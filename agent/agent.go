@@ -359,7 +359,7 @@ func (a *Agent) runRelay(ctx context.Context, c relayclient.Client, ep rules.Rel
 		case errors.As(err, &se) && se.Code == status.ShuttingDown:
 			// A relay handing over to its successor: try again at once.
 			wait = 50*time.Millisecond + rand.N(100*time.Millisecond)
-		case errors.As(err, &se) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrBadPreface):
+		case errors.As(err, &se) || errors.Is(err, wire.ErrMalformed):
 			// The relay answered and refused: back off.
 			if time.Since(start) > time.Minute {
 				backoff = downRetry

@@ -389,8 +389,11 @@ func (s *relaySet) open(ctx context.Context, c *rules.ProxyConnection, early []b
 			case isTimeout(err):
 				// Frozen or unreachable: out of the spread until a probe
 				// says otherwise; the next relay now.
-			case !errors.As(err, &se) && warm != nil:
-				continue // a warm connection the relay had dropped: once more, fresh
+			case warm != nil:
+				// A warm connection the relay had dropped, or refused when
+				// it came (its RESULT read as this OPEN's answer): once
+				// more, fresh; a real refusal comes back again.
+				continue
 			case se != nil && se.Code == status.ShuttingDown && try < 2:
 				// A relay handing over its ports: a fresh connection
 				// reaches the one taking over.

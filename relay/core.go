@@ -15,6 +15,7 @@ import (
 	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/stream"
 )
 
 // Defaults of the core's Config.
@@ -49,8 +50,8 @@ type Config struct {
 	JoinTimeout   time.Duration
 	DialTimeout   time.Duration
 	PingInterval  time.Duration
-	ListenerWait  time.Duration
-	RotationGrace time.Duration
+	ListenerWait  time.Duration // negative: none
+	RotationGrace time.Duration // negative: none
 	// Pending caps the streams of one hybrid connection waiting for an
 	// agent; PendingPerKey those of one sender key. Beyond: busy.
 	Pending, PendingPerKey int
@@ -73,7 +74,9 @@ func (c Config) withDefaults() Config {
 	} else if c.ListenerWait == 0 {
 		c.ListenerWait = DefaultListenerWait
 	}
-	if c.RotationGrace <= 0 {
+	if c.RotationGrace < 0 {
+		c.RotationGrace = 0 // no grace: a rotated key's streams end at once
+	} else if c.RotationGrace == 0 {
 		c.RotationGrace = 24 * time.Hour
 	}
 	if c.Pending <= 0 {
@@ -180,8 +183,10 @@ type OpenRequest struct {
 	// stream is then re-proven with the session's attachments.
 	Session SessionID
 	// Progress, if set, is called when setting the stream up takes a while
-	// (an agent is dialling, or the stream moves to another agent), so the
-	// front door can tell the sender to keep waiting.
+	// (an agent is dialling, the stream moves to another agent, or every
+	// ProgressEvery while it waits), so the front door can tell the sender
+	// to keep waiting. Calls never overlap and none comes after Open
+	// returns.
 	Progress func()
 	// Azure is passed to the listener (see Accept.Azure).
 	Azure *AzureOpen
@@ -209,7 +214,8 @@ type Core struct {
 	hcs       map[string]*hcState
 	pending   map[StreamID]*attempt
 	streams   map[*activeStream]struct{}
-	streamWG  sync.WaitGroup
+	passes    map[*stream.Joint]bool // connections carried whole to another relay; true: parked
+	streamWG  sync.WaitGroup         // streams and passes
 
 	stats Stats
 	fails *limit.Failures
@@ -243,11 +249,11 @@ type Fleet interface {
 	// health here. It must not block (it may be called under the core's
 	// lock) and must not call back into the core.
 	Changed()
-	// Pipe hands a client's connection, whose first bytes (already read)
-	// are head, to the relay whose ids start with prefix, and carries
-	// bytes between them until either ends. kind is wire.PipeData or
-	// wire.PipeHTTP.
-	Pipe(ctx context.Context, prefix [4]byte, conn net.Conn, kind uint8, head []byte) error
+	// Pipe opens a connection to the relay whose ids start with prefix
+	// and sends it a client connection's first bytes (already read), head,
+	// and the client's address, remote; the caller copies the rest
+	// (Core.PassThrough). kind is wire.PipeData or wire.PipeHTTP.
+	Pipe(ctx context.Context, prefix [4]byte, kind uint8, remote string, head []byte) (net.Conn, error)
 	// Status says how the fleet looks from here.
 	Status() FleetStatus
 }
@@ -262,14 +268,13 @@ type FleetStatus struct {
 // Listeners returns, by hybrid connection, how many agents here are
 // healthy and in rotation: what the fleet's directory advertises.
 func (c *Core) Listeners() map[string]int {
-	ping := c.cfg.Load().PingInterval
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := map[string]int{}
 	for hc, h := range c.hcs {
 		for _, s := range h.listeners {
-			if rank, _ := s.rank(hc, now, ping); rank == 0 {
+			if rank, _ := s.rank(hc, now); rank == 0 {
 				out[hc]++
 			}
 		}
@@ -326,6 +331,7 @@ func NewCore(log hclog.Logger, a *Auth, cfg Config) *Core {
 		hcs:      map[string]*hcState{},
 		pending:  map[StreamID]*attempt{},
 		streams:  map[*activeStream]struct{}{},
+		passes:   map[*stream.Joint]bool{},
 		fails:    limit.NewFailures(),
 	}
 	c.SetConfig(cfg)
@@ -396,7 +402,14 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	var grant Grant
 	if req.forwarded {
 		grant = req.grant
-		if c.auth.Load().judge(grant) == revoked {
+		a := c.auth.Load()
+		if a == nil || a.Auth == nil {
+			return nil, status.Errorf(status.Internal, "no rules loaded")
+		}
+		if _, ok := a.connections[req.HC]; !ok {
+			return nil, status.Errorf(status.NotFound, "no hybrid connection named %q at this relay", req.HC)
+		}
+		if a.judge(grant) == revoked {
 			return nil, status.Errorf(status.Unauthorized, "key %q revoked", grant.Rule)
 		}
 	} else {
@@ -426,6 +439,11 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	h.pendingByKey[grant.Rule]++
 	sender := c.byID[req.Session]
 	c.mu.Unlock()
+	if req.Progress != nil {
+		var stop func()
+		req.Progress, stop = keepProgressing(req.Progress)
+		defer stop()
+	}
 	defer func() {
 		c.mu.Lock()
 		h.pending--
@@ -485,6 +503,47 @@ func (c *Core) Open(ctx context.Context, req OpenRequest) (*Pairing, error) {
 	return nil, last
 }
 
+// ProgressEvery is how often a stream that is still being set up tells
+// its sender so: a sender that hears nothing for a few seconds may take
+// the relay for frozen and try another, whatever join_timeout says.
+const ProgressEvery = time.Second
+
+// keepProgressing calls progress every ProgressEvery until stop, and
+// returns it serialised with those calls, for the open's own use; stop
+// waits for a call in flight.
+func keepProgressing(progress func()) (serial func(), stop func()) {
+	var mu sync.Mutex
+	serial = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if progress != nil {
+			progress()
+		}
+	}
+	t := time.NewTicker(ProgressEvery)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				serial()
+			}
+		}
+	}()
+	return serial, func() {
+		t.Stop()
+		close(done)
+		<-exited
+		mu.Lock()
+		progress = nil // a late call from the open's own path does nothing
+		mu.Unlock()
+	}
+}
+
 // transient reports whether another agent may succeed where one failed.
 func transient(err error) bool {
 	switch status.CodeOf(err) {
@@ -511,7 +570,7 @@ func (c *Core) choose(ctx context.Context, hc string, tried map[*Session]bool, r
 			if tried[s] {
 				continue
 			}
-			rank, load := s.rank(hc, now, cfg.PingInterval)
+			rank, load := s.rank(hc, now)
 			switch {
 			case best == nil || rank < bestRank || rank == bestRank && load < bestLoad:
 				best, bestRank, bestLoad, ties = s, rank, load, 1
@@ -812,6 +871,11 @@ func (c *Core) Shutdown(ctx context.Context) {
 	c.mu.Lock()
 	c.closing = true
 	c.goingAway = true
+	for j, parked := range c.passes {
+		if parked && j.AToB.Load() == 0 && j.BToA.Load() == 0 {
+			j.Close() // an idle parked connection: its agent parks another elsewhere
+		}
+	}
 	c.mu.Unlock()
 	c.CloseSessions(status.Errorf(status.ShuttingDown, "relay is stopping"))
 	done := make(chan struct{})
@@ -824,6 +888,9 @@ func (c *Core) Shutdown(ctx context.Context) {
 	c.mu.Lock()
 	for st := range c.streams {
 		st.cut()
+	}
+	for j := range c.passes {
+		j.Close()
 	}
 	c.mu.Unlock()
 	<-done
@@ -844,6 +911,14 @@ func (c *Core) GoAway(why error) {
 			g.GoAway(why)
 		}
 	}
+}
+
+// GoingAway reports whether the relay is stopping or handing over: it
+// takes no new control channels.
+func (c *Core) GoingAway() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.goingAway
 }
 
 // CloseSessions closes every control channel and the connections parked on

@@ -238,9 +238,13 @@ func (d *nativeDoor) open(ctx context.Context, conn net.Conn, remote string, f *
 // pipe hands a connection for another relay of the fleet to it.
 func (d *nativeDoor) pipe(ctx context.Context, conn net.Conn, prefix [4]byte, f wire.Frame) {
 	head := wire.Append([]byte(wire.Preface), f)
-	if err := d.core.fleet.Pipe(ctx, prefix, conn, wire.PipeData, head); err != nil {
+	peer, err := d.core.fleet.Pipe(ctx, prefix, wire.PipeData, conn.RemoteAddr().String(), head)
+	if err != nil {
 		d.refuse(conn, "data", status.Errorf(status.NotFound, "%s for another relay of the fleet: %v", f.Type(), err))
+		return
 	}
+	_, parked := f.(*wire.Park)
+	d.core.PassThrough(conn, peer, parked)
 }
 
 // warm holds a sender's pre-opened connection, tied to its session, until
@@ -411,6 +415,11 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 	case wire.RoleSender:
 		role = RoleSender
 	case wire.RoleProbe:
+		if d.core.GoingAway() {
+			// A stopping relay must not look usable to a proxy's probe.
+			d.refuse(conn, "control", status.Errorf(status.ShuttingDown, "relay is stopping"))
+			return
+		}
 		writeFrame(conn, welcome) // the native protocol answers; nothing more
 		conn.Close()
 		return
@@ -431,6 +440,7 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 	}
 	log.Info("client connected", "role", roleName(role), "version", hello.Version)
 	welcome.Session = wire.SessionID(sess.ID())
+	welcome.PingMS = uint32(sess.PingInterval() / time.Millisecond)
 	if err := wire.Write(conn, welcome); err != nil {
 		conn.Close()
 		return
@@ -438,7 +448,7 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 	conn.SetDeadline(time.Time{})
 	sess.Heard()
 
-	go ch.writeLoop(cfg.PingInterval)
+	go ch.writeLoop(sess.PingInterval())
 	defer ch.Close(nil)
 	idle := time.AfterFunc(UnattachedTimeout, func() {
 		if sess.attachedCount() == 0 {
@@ -452,7 +462,7 @@ func (d *nativeDoor) serveControl(ctx context.Context, conn net.Conn) {
 	for {
 		// Silence for two ping intervals (the relay pings every one, the
 		// client answers) means the client is gone or frozen.
-		conn.SetReadDeadline(time.Now().Add(2 * d.core.Config().PingInterval))
+		conn.SetReadDeadline(time.Now().Add(2 * sess.PingInterval()))
 		f, err := wire.Read(br)
 		if err != nil {
 			if stream.IsClosed(err) {

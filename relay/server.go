@@ -173,7 +173,14 @@ func (s *Server) Apply(cfg *rules.Relay) error {
 // coreConfig takes the core's tunables from the relay section.
 func coreConfig(cfg *rules.Relay) Config {
 	id, _ := os.Hostname()
-	return Config{JoinTimeout: cfg.JoinTimeout, PingInterval: cfg.PingInterval, RotationGrace: cfg.RotationGrace,
+	if cfg.Fleet != nil && cfg.Fleet.ID != "" {
+		id = cfg.Fleet.ID // the name the fleet knows this relay by
+	}
+	grace := cfg.RotationGrace
+	if grace == 0 {
+		grace = -1 // rotation_grace: 0 asks for none; the core's zero means its default
+	}
+	return Config{JoinTimeout: cfg.JoinTimeout, PingInterval: cfg.PingInterval, RotationGrace: grace,
 		Pending: cfg.Limits.Pending, PendingPerKey: cfg.Limits.PendingPerKey, RelayID: id}
 }
 

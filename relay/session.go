@@ -40,6 +40,7 @@ type Session struct {
 	remote string
 	name   string
 	since  time.Time
+	ping   time.Duration // the ping interval the client was told when it connected
 
 	lastHeard atomic.Int64 // unix nanos of the last word from the client; 0: never reported
 	active    atomic.Int64 // streams offered to or carried by this agent
@@ -83,6 +84,7 @@ func (c *Core) NewSessionRole(conn ListenerConn, role Role, remote, name string)
 		return nil, status.Errorf(status.Internal, "session id: %v", err)
 	}
 	s := &Session{core: c, id: id, role: role, conn: conn, remote: remote, name: name, since: time.Now(),
+		ping:     c.cfg.Load().PingInterval,
 		attached: map[string]*attachment{}, tied: map[io.Closer]struct{}{}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -93,6 +95,11 @@ func (c *Core) NewSessionRole(conn ListenerConn, role Role, remote, name string)
 	c.byID[s.id] = s
 	return s, nil
 }
+
+// PingInterval returns the ping interval of the session's channel, fixed
+// when it connected (a reload changes it for new channels only: the client
+// pings at the interval it was told).
+func (s *Session) PingInterval() time.Duration { return s.ping }
 
 // ID returns the session's id.
 func (s *Session) ID() SessionID { return s.id }
@@ -136,12 +143,12 @@ func (s *Session) addActive(n int64) {
 // rank orders agents for a new stream of hc: 0 healthy and in rotation,
 // 1 in rotation but its endpoint unreachable, 2 out of rotation (missed a
 // join, or silent past a ping interval and a half). load is its streams.
-func (s *Session) rank(hc string, now time.Time, ping time.Duration) (rank, load int) {
+func (s *Session) rank(hc string, now time.Time) (rank, load int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	load = int(s.active.Load())
 	heard := s.lastHeard.Load()
-	if s.missed || heard != 0 && now.Sub(time.Unix(0, heard)) > ping*3/2 {
+	if s.missed || heard != 0 && now.Sub(time.Unix(0, heard)) > s.ping*3/2 {
 		return 2, load
 	}
 	if a := s.attached[hc]; a != nil && !a.healthy {

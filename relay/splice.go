@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"net"
 	"time"
 
 	"github.com/hybridconn/hybrid/internal/status"
@@ -91,6 +92,33 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 	}
 	joint.CopyAToB()
 	<-joint.Done()
+}
+
+// PassThrough copies between a client's connection and the peer connection
+// carrying it whole to the relay of the fleet it belongs to (a join, a park
+// or a rendezvous for a stream or session of that relay), until either
+// ends. Shutdown treats it as a stream: it waits for it for the drain
+// grace, then cuts it; except a parked connection that has carried nothing
+// yet, which is closed at once (its agent parks another elsewhere).
+func (c *Core) PassThrough(client, peer net.Conn, parked bool) {
+	j := stream.NewJoint(client, peer)
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		client.Close()
+		peer.Close()
+		return
+	}
+	c.passes[j] = parked
+	c.streamWG.Add(1)
+	c.mu.Unlock()
+	go j.CopyBToA()
+	j.CopyAToB()
+	<-j.Done()
+	c.mu.Lock()
+	delete(c.passes, j)
+	c.mu.Unlock()
+	c.streamWG.Done()
 }
 
 // SetAuth replaces the authentication rules. Every attachment and stream

@@ -43,11 +43,10 @@ func (s *Server) Status() Status {
 	for _, conn := range s.cfg.Load().Connections {
 		st.Listening[conn.Name] = 0 // shown even with no agent
 	}
-	ping := c.Config().PingInterval
 	now := time.Now()
 	c.mu.Lock()
 	for sess := range c.sessions {
-		rank, load := sess.rank("", now, ping)
+		rank, load := sess.rank("", now)
 		sess.mu.Lock()
 		as := AgentStatus{Agent: sess.name, Role: roleName(sess.role), Remote: sess.remote,
 			Since: sess.since.UTC().Format(time.RFC3339), Listening: []string{}, InRotation: rank < 2,

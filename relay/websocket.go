@@ -319,11 +319,14 @@ func (d *wsDoor) pipeForeign(w http.ResponseWriter, r *http.Request, id StreamID
 		b, _ := brw.Reader.Peek(n)
 		head.Write(b)
 	}
-	if err := d.core.fleet.Pipe(d.ctx, prefix, conn, wire.PipeHTTP, head.Bytes()); err != nil {
+	peer, err := d.core.fleet.Pipe(d.ctx, prefix, wire.PipeHTTP, conn.RemoteAddr().String(), head.Bytes())
+	if err != nil {
 		d.log.Warn("rendezvous for another relay of the fleet failed", "remote", remoteOf(r), "error", err)
 		fmt.Fprintf(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 		conn.Close()
+		return true
 	}
+	d.core.PassThrough(conn, peer, false)
 	return true
 }
 

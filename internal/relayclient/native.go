@@ -141,7 +141,7 @@ func exchange(ctx context.Context, conn net.Conn, msg []byte, what wire.Type, ti
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if errors.Is(err, wire.ErrBadPreface) || errors.Is(err, wire.ErrMalformed) {
+			if errors.Is(err, wire.ErrMalformed) {
 				return nil, err
 			}
 			return nil, fmt.Errorf("await answer to %s: %w", what, err)

@@ -270,10 +270,13 @@ func (j *Joint) Close() {
 }
 
 // Reset closes c with a TCP reset rather than an orderly close, when c is
-// (or wraps) a TCP connection.
+// (or wraps) a TCP connection. The TCP connection is closed first, so a TLS
+// or WebSocket layer above it cannot send its own orderly goodbye
+// (close_notify, a close frame) that the peer would read as a clean end.
 func Reset(c net.Conn) error {
 	if tc := TCPOf(c); tc != nil {
 		tc.SetLinger(0)
+		tc.Close()
 	}
 	return c.Close()
 }

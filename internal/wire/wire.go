@@ -343,8 +343,13 @@ const (
 	PipeHTTP uint8 = 2 // an HTTP connection (its request follows)
 )
 
-// PeerPipe hands a whole client connection to the peer.
-type PeerPipe struct{ Kind uint8 }
+// PeerPipe hands a whole client connection to the peer. Remote is the
+// client's address as the forwarding relay saw it ("ip:port"), so the peer
+// logs and limits the client, not the relay.
+type PeerPipe struct {
+	Kind   uint8
+	Remote string
+}
 
 // Check asks the relay whether token grants Right (1 listen, 2 send) on HC,
 // without opening anything: it is how `hybrid diagnose` tests a key.
@@ -415,7 +420,7 @@ func (f *PeerOpen) appendPayload(b []byte) []byte {
 	}
 	return append(b, 0)
 }
-func (f *PeerPipe) appendPayload(b []byte) []byte { return append(b, f.Kind) }
+func (f *PeerPipe) appendPayload(b []byte) []byte { return appendStr(append(b, f.Kind), f.Remote) }
 
 func (f *PeerHello) decode(d *decoder) { f.Relay, f.Nonce = d.str(), d.id() }
 func (f *PeerChallenge) decode(d *decoder) {
@@ -430,7 +435,7 @@ func (f *PeerOpen) decode(d *decoder) {
 	f.Headers, f.Tracking, f.Suffix, f.Query = d.str(), d.str(), d.str(), d.str()
 	f.Azure = d.u8() == 1
 }
-func (f *PeerPipe) decode(d *decoder) { f.Kind = d.u8() }
+func (f *PeerPipe) decode(d *decoder) { f.Kind, f.Remote = d.u8(), d.str() }
 
 func (f *Hello) appendPayload(b []byte) []byte {
 	return appendStr(appendStr(append(b, byte(f.Role)), f.Name), f.Version)

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -234,6 +235,9 @@ func (f *Fleet) handle(ctx context.Context, raw net.Conn) {
 	case *wire.PeerOpen:
 		f.local.ServePeerOpen(ctx, conn, r)
 	case *wire.PeerPipe:
+		if ap, err := netip.ParseAddrPort(r.Remote); err == nil {
+			conn = &fromClient{Conn: conn, remote: net.TCPAddrFromAddrPort(ap)}
+		}
 		switch r.Kind {
 		case wire.PipeData:
 			f.local.ServeDataConn(ctx, conn)
@@ -248,6 +252,27 @@ func (f *Fleet) handle(ctx context.Context, raw net.Conn) {
 		f.log.Warn("unexpected frame from a peer", "peer", peer, "frame", req.Type().String())
 		conn.Close()
 	}
+}
+
+// fromClient is a piped connection as the client it carries: the peer
+// connection, answering with the client's address, so limits and logs see
+// the client rather than the relay that forwarded it.
+type fromClient struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c *fromClient) RemoteAddr() net.Addr { return c.remote }
+
+// NetConn returns the peer connection (stream.TCPOf finds the socket).
+func (c *fromClient) NetConn() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the peer connection, so half-close crosses relays.
+func (c *fromClient) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 // HasRemote implements relay.Fleet.
@@ -386,30 +411,29 @@ func answer(ctx context.Context, conn net.Conn, open *wire.PeerOpen, progress fu
 }
 
 // Pipe implements relay.Fleet.
-func (f *Fleet) Pipe(ctx context.Context, prefix [4]byte, conn net.Conn, kind uint8, head []byte) error {
+func (f *Fleet) Pipe(ctx context.Context, prefix [4]byte, kind uint8, remote string, head []byte) (net.Conn, error) {
 	e, ok := f.dir.byPrefix(prefix)
 	if !ok {
 		if !f.dir.available() {
-			return errors.New("fleet directory unavailable")
+			return nil, errors.New("fleet directory unavailable")
 		}
-		return fmt.Errorf("no relay of the fleet has id prefix %x (it restarted, or died)", prefix)
+		return nil, fmt.Errorf("no relay of the fleet has id prefix %x (it restarted, or died)", prefix)
 	}
 	for try := 0; ; try++ {
 		pc, reused, err := f.peers.get(ctx, e.Peer)
 		if err != nil {
-			return fmt.Errorf("relay %s: %w", e.ID, err)
+			return nil, fmt.Errorf("relay %s: %w", e.ID, err)
 		}
 		pc.SetWriteDeadline(time.Now().Add(peerHandshake))
-		_, err = pc.Write(append(wire.Append(nil, &wire.PeerPipe{Kind: kind}), head...))
+		_, err = pc.Write(append(wire.Append(nil, &wire.PeerPipe{Kind: kind, Remote: remote}), head...))
 		pc.SetWriteDeadline(time.Time{})
 		if err != nil {
 			pc.Close()
 			if reused && try == 0 {
 				continue
 			}
-			return fmt.Errorf("relay %s: %w", e.ID, err)
+			return nil, fmt.Errorf("relay %s: %w", e.ID, err)
 		}
-		stream.Pipe(conn, pc)
-		return nil
+		return pc, nil
 	}
 }
