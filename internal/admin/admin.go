@@ -60,6 +60,48 @@ func New() *Admin {
 // Registry is where roles register their metrics.
 func (a *Admin) Registry() prometheus.Registerer { return a.reg }
 
+// Value returns the current value of the series name with the given
+// label pairs ("hc", "pg", ...; other labels may have any value): a
+// counter's or gauge's value, a histogram's sample count, summed over the
+// series that match. ok is false when none does.
+func (a *Admin) Value(name string, labels ...string) (v float64, ok bool) {
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		return 0, false
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			ok = true
+			switch {
+			case m.Counter != nil:
+				v += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				v += m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				v += float64(m.GetHistogram().GetSampleCount())
+			case m.Untyped != nil:
+				v += m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return v, ok
+}
+
 // Events is the process's ring of recent denials, refusals and reload
 // errors; roles add to it, /status and the page show it.
 func (a *Admin) Events() *events.Ring { return a.events }

@@ -233,6 +233,7 @@ type Joint struct {
 	a, b net.Conn
 	once sync.Once
 	left atomic.Int32
+	cut  atomic.Bool
 	done chan struct{}
 	AToB atomic.Int64 // bytes copied so far, a to b (updated at least every countChunk)
 	BToA atomic.Int64 // bytes copied so far, b to a
@@ -263,11 +264,15 @@ func (j *Joint) Abort() {
 // are reset, so each peer learns the stream was cut rather than ended (an
 // orderly close would read as a half-close and leave the far side waiting).
 func (j *Joint) Close() {
+	j.cut.Store(true)
 	j.once.Do(func() {
 		Reset(j.a)
 		Reset(j.b)
 	})
 }
+
+// Cut reports whether Close ended the stream, rather than its two sides.
+func (j *Joint) Cut() bool { return j.cut.Load() }
 
 // Reset closes c with a TCP reset rather than an orderly close, when c is
 // (or wraps) a TCP connection.
