@@ -28,8 +28,11 @@ type Counts struct {
 // Pipe calls io.Copy on a and b themselves: when both are *net.TCPConn, Linux
 // moves the bytes with splice(2), without copying them through user space.
 // Callers must therefore pass the raw connections, not wrappers.
-func Pipe(a, b net.Conn) Counts {
-	j := NewJoint(a, b)
+func Pipe(a, b net.Conn) Counts { return NewJoint(a, b).Run() }
+
+// Run copies both ways, as Pipe does, on this goroutine and one it starts,
+// until both directions have ended. Meanwhile AToB and BToA count.
+func (j *Joint) Run() Counts {
 	go j.CopyBToA()
 	j.CopyAToB()
 	<-j.Done()

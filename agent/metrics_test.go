@@ -1,0 +1,220 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/hybridconn/hybrid/internal/admin"
+	"github.com/hybridconn/hybrid/internal/relayclient"
+	"github.com/hybridconn/hybrid/internal/sas"
+	"github.com/hybridconn/hybrid/relay"
+	"github.com/hybridconn/hybrid/rules"
+)
+
+// TestAuditCloseShape: every close line carries its bytes and duration, 0
+// included; other lines leave them out.
+func TestAuditCloseShape(t *testing.T) {
+	tests := []struct {
+		name    string
+		ev      AuditEvent
+		want    []string
+		without []string
+	}{
+		{"close with zeros", AuditEvent{Event: "close", HC: "pg"},
+			[]string{`"bytes_to_resource":0`, `"bytes_from_resource":0`, `"duration_ms":0`}, nil},
+		{"close with bytes", AuditEvent{Event: "close", HC: "pg", BytesIn: 5, BytesOut: 7, DurationMS: 12},
+			[]string{`"bytes_to_resource":5`, `"bytes_from_resource":7`, `"duration_ms":12`}, nil},
+		{"deny", AuditEvent{Event: "deny", HC: "pg", Reason: "no"}, []string{`"reason":"no"`},
+			[]string{"bytes_to_resource", "bytes_from_resource", "duration_ms"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := json.Marshal(tt.ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(string(b), w) {
+					t.Errorf("%s lacks %s", b, w)
+				}
+			}
+			for _, w := range tt.without {
+				if strings.Contains(string(b), w) {
+					t.Errorf("%s has %s", b, w)
+				}
+			}
+			if strings.Count(string(b), "bytes_to_resource") > 1 {
+				t.Errorf("%s: a field twice", b)
+			}
+			var back AuditEvent
+			if err := json.Unmarshal(b, &back); err != nil || back.BytesIn != tt.ev.BytesIn || back.HC != "pg" {
+				t.Errorf("round trip: %+v, %v", back, err)
+			}
+		})
+	}
+}
+
+const (
+	testSendKey   = "send-key-for-tests-only-000000000"
+	testListenKey = "listen-key-for-tests-only-11111111"
+	testNS        = "relay.test"
+)
+
+// startTestRelay runs a real relay serving "pg" on loopback until the
+// returned stop is called (or the test ends).
+func startTestRelay(t *testing.T) (relayclient.Endpoint, func()) {
+	t.Helper()
+	keys := []rules.Key{{Name: "apps", Rights: []string{"send"}, Primary: testSendKey},
+		{Name: "onprem", Rights: []string{"listen"}, Primary: testListenKey}}
+	lis := func() net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
+	}
+	l := &relay.Listeners{Control: lis(), Data: lis(), HTTP: lis()}
+	cfg := &rules.Relay{Namespace: testNS, Connections: []rules.RelayConnection{{Name: "pg", Keys: keys}},
+		Listen: rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()}}
+	srv, err := relay.New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Grace = time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, l); close(done) }()
+	port := func(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return relayclient.Endpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), Namespace: testNS}, stop
+}
+
+// echoServer echoes on loopback and returns its address.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAgentMetricsStatusReady: with a real relay, the agent reports its
+// relay link up (and ready), a live stream with its bytes counted while it
+// runs, per-connection results; when the relay goes, the link is down and
+// the agent not ready, saying why.
+func TestAgentMetricsStatusReady(t *testing.T) {
+	ep, stopRelay := startTestRelay(t)
+	resource := echoServer(t)
+	cfg := &rules.Agent{ID: "agent-7", Transport: relayclient.TransportTCP,
+		Relays: []rules.RelayEndpoint{{Host: ep.Host, Control: ep.Control, Data: ep.Data, HTTP: ep.HTTP, Namespace: testNS}},
+		Connections: []rules.AgentConnection{
+			{Name: "pg", Endpoint: resource, KeyName: "onprem", Key: testListenKey},
+			{Name: "other", Endpoint: "127.0.0.1:1", KeyName: "onprem", Key: testListenKey}, // the relay lacks it
+		}}
+	a, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ad := admin.New()
+	a.Register(ad)
+	if ok, why := a.Ready(); ok || why != "no relay connected" {
+		t.Fatalf("Ready() = %v, %q before Run", ok, why)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	relayName := net.JoinHostPort(ep.Host, strconv.Itoa(ep.Control))
+	eventually(t, "relay link up", func() bool {
+		v, _ := ad.Value("hybrid_agent_relay_up", "relay", relayName, "transport", "tcp")
+		return v == 1
+	})
+	if ok, why := a.Ready(); !ok || why != "connected to 1 of 1 relays" {
+		t.Fatalf("Ready() = %v, %q", ok, why)
+	}
+	eventually(t, "the relay refusing other", func() bool {
+		for _, e := range ad.Events().List() {
+			if e.HC == "other" && e.Source == "agent" && strings.Contains(e.Msg, "relay refused to let us listen") {
+				return true
+			}
+		}
+		return false
+	})
+
+	tok := sas.NewToken(sas.ResourceURI(testNS, "pg"), "apps", testSendKey, time.Now().Add(time.Hour))
+	octx, ocancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer ocancel()
+	c, err := relayclient.New(ep).Open(octx, "pg", tok, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 3 << 20
+	go c.Write(make([]byte, n))
+	if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "bytes counted while the stream runs", func() bool {
+		v, _ := ad.Value("hybrid_agent_stream_bytes_total", "hc", "pg", "direction", "down")
+		return v >= 2<<20
+	})
+	want := func(v float64, name string, labels ...string) {
+		t.Helper()
+		if got, ok := ad.Value(name, labels...); !ok || got != v {
+			t.Errorf("%s%v = %v (present %v), want %v", name, labels, got, ok, v)
+		}
+	}
+	want(1, "hybrid_agent_streams_total", "hc", "pg", "result", "opened")
+	want(0, "hybrid_agent_streams_total", "hc", "other", "result", "denied")
+	want(1, "hybrid_agent_streams_active", "hc", "pg")
+	want(0, "hybrid_agent_streams_active", "hc", "other")
+	st := a.Status()
+	if len(st.Streams) != 1 || st.Streams[0].HC != "pg" || st.Streams[0].SenderKey != "apps" || st.Streams[0].BytesDown < 2<<20 {
+		t.Errorf("streams %+v", st.Streams)
+	}
+	if len(st.Connections) != 2 || st.Connections[0].Name != "pg" || strings.Join(st.Connections[0].Relays, ",") != relayName ||
+		st.Connections[0].StreamsActive != 1 || len(st.Connections[1].Relays) != 0 {
+		t.Errorf("connections %+v", st.Connections)
+	}
+	c.Close()
+
+	stopRelay()
+	eventually(t, "relay link down", func() bool {
+		v, ok := ad.Value("hybrid_agent_relay_up", "relay", relayName)
+		return ok && v == 0
+	})
+	if ok, why := a.Ready(); ok || !strings.HasPrefix(why, "no relay connected ("+relayName+": ") {
+		t.Fatalf("Ready() = %v, %q with the relay gone", ok, why)
+	}
+}
