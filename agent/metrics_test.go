@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +13,7 @@ import (
 
 	"github.com/hybridconn/hybrid/internal/admin"
 	"github.com/hybridconn/hybrid/internal/relayclient"
-	"github.com/hybridconn/hybrid/internal/sas"
-	"github.com/hybridconn/hybrid/relay"
+	"github.com/hybridconn/hybrid/internal/relaytest"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -62,42 +60,6 @@ func TestAuditCloseShape(t *testing.T) {
 	}
 }
 
-const (
-	testSendKey   = "send-key-for-tests-only-000000000"
-	testListenKey = "listen-key-for-tests-only-11111111"
-	testNS        = "relay.test"
-)
-
-// startTestRelay runs a real relay serving "pg" on loopback until the
-// returned stop is called (or the test ends).
-func startTestRelay(t *testing.T) (relayclient.Endpoint, func()) {
-	t.Helper()
-	keys := []rules.Key{{Name: "apps", Rights: []string{"send"}, Primary: testSendKey},
-		{Name: "onprem", Rights: []string{"listen"}, Primary: testListenKey}}
-	lis := func() net.Listener {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ln
-	}
-	l := &relay.Listeners{Control: lis(), Data: lis(), HTTP: lis()}
-	cfg := &rules.Relay{Namespace: testNS, Connections: []rules.RelayConnection{{Name: "pg", Keys: keys}},
-		Listen: rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()}}
-	srv, err := relay.New(cfg, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Grace = time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, l); close(done) }()
-	port := func(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
-	stop := func() { cancel(); <-done }
-	t.Cleanup(stop)
-	return relayclient.Endpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), Namespace: testNS}, stop
-}
-
 // echoServer echoes on loopback and returns its address.
 func echoServer(t *testing.T) string {
 	t.Helper()
@@ -134,13 +96,12 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // runs, per-connection results; when the relay goes, the link is down and
 // the agent not ready, saying why.
 func TestAgentMetricsStatusReady(t *testing.T) {
-	ep, stopRelay := startTestRelay(t)
+	rl := relaytest.Start(t, "pg")
 	resource := echoServer(t)
-	cfg := &rules.Agent{ID: "agent-7", Transport: relayclient.TransportTCP,
-		Relays: []rules.RelayEndpoint{{Host: ep.Host, Control: ep.Control, Data: ep.Data, HTTP: ep.HTTP, Namespace: testNS}},
+	cfg := &rules.Agent{ID: "agent-7", Transport: relayclient.TransportTCP, Relays: []rules.RelayEndpoint{rl.Entry},
 		Connections: []rules.AgentConnection{
-			{Name: "pg", Endpoint: resource, KeyName: "onprem", Key: testListenKey},
-			{Name: "other", Endpoint: "127.0.0.1:1", KeyName: "onprem", Key: testListenKey}, // the relay lacks it
+			{Name: "pg", Endpoint: resource, KeyName: relaytest.ListenKeyName, Key: relaytest.ListenKey},
+			{Name: "other", Endpoint: "127.0.0.1:1", KeyName: relaytest.ListenKeyName, Key: relaytest.ListenKey}, // the relay lacks it
 		}}
 	a, err := New(cfg, hclog.NewNullLogger())
 	if err != nil {
@@ -155,7 +116,7 @@ func TestAgentMetricsStatusReady(t *testing.T) {
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	relayName := net.JoinHostPort(ep.Host, strconv.Itoa(ep.Control))
+	relayName := rl.Name()
 	eventually(t, "relay link up", func() bool {
 		v, _ := ad.Value("hybrid_agent_relay_up", "relay", relayName, "transport", "tcp")
 		return v == 1
@@ -172,10 +133,9 @@ func TestAgentMetricsStatusReady(t *testing.T) {
 		return false
 	})
 
-	tok := sas.NewToken(sas.ResourceURI(testNS, "pg"), "apps", testSendKey, time.Now().Add(time.Hour))
 	octx, ocancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer ocancel()
-	c, err := relayclient.New(ep).Open(octx, "pg", tok, "")
+	c, err := relayclient.New(rl.Endpoint).Open(octx, "pg", relaytest.SendToken("pg"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +169,7 @@ func TestAgentMetricsStatusReady(t *testing.T) {
 	}
 	c.Close()
 
-	stopRelay()
+	rl.Stop()
 	eventually(t, "relay link down", func() bool {
 		v, ok := ad.Value("hybrid_agent_relay_up", "relay", relayName)
 		return ok && v == 0
