@@ -95,12 +95,10 @@ func TestProxyMetricsStatusReady(t *testing.T) {
 	}
 
 	// A connection the relay does not have: refused, with its reason.
-	bad, err := net.Dial("tcp", listen["nobody"])
-	if err != nil {
-		t.Fatal(err)
+	if bad, err := net.Dial("tcp", listen["nobody"]); err == nil { // the reset may even beat the dial
+		io.Copy(io.Discard, bad) // reset at once
+		bad.Close()
 	}
-	io.Copy(io.Discard, bad) // reset at once
-	bad.Close()
 	waitUntil(t, "the failure counted", func() bool {
 		v, _ := ad.Value("hybrid_proxy_streams_failed_total", "hc", "nobody", "reason", "not_found")
 		return v == 1
