@@ -324,15 +324,19 @@ func TestE2EStatusAndMetrics(t *testing.T) {
 }
 
 // TestE2EReadyz: /readyz is 503 while the relay has no agent for a
-// configured connection, and for an agent or proxy without a relay; 200
-// otherwise, with a body that says why. /healthz stays 200 throughout.
+// configured connection (unless that check is excluded, as a load balancer
+// that also carries the agents must), and for an agent or proxy without a
+// relay; 200 otherwise, with a body that says why. /healthz stays 200
+// throughout.
 func TestE2EReadyz(t *testing.T) {
-	ready := func(t *testing.T, base string, code int, want string) {
+	// ready waits until base's /readyz (with query) answers code with a
+	// body containing want.
+	ready := func(t *testing.T, base, query string, code int, want string) {
 		t.Helper()
 		var got int
 		var body string
-		waitFor(t, fmt.Sprintf("%s/readyz %d %q", base, code, want), 20*time.Second, func() bool {
-			got, body = httpGet(t, base+"/readyz")
+		waitFor(t, fmt.Sprintf("%s/readyz%s %d %q", base, query, code, want), 20*time.Second, func() bool {
+			got, body = httpGet(t, base+"/readyz"+query)
 			return got == code && strings.Contains(body, want)
 		})
 		if h, _ := httpGet(t, base+"/healthz"); h != 200 {
@@ -340,15 +344,16 @@ func TestE2EReadyz(t *testing.T) {
 		}
 	}
 	e := newRLEnv(t, "sink")
-	ready(t, e.RelayURL(), 503, "not ready\nrelay: no agent listening for sink\n")
+	ready(t, e.RelayURL(), "", 503, "not ready\nlisteners: no agent listening for sink\nrelay: serving\n")
+	ready(t, e.RelayURL(), "?exclude=listeners", 200, "ready\nrelay: serving\n")
 	e.startAgent(t, rlAgentCfg{Pubs: pubs(startSinkSource(t), "sink")})
-	ready(t, e.RelayURL(), 200, "ready\nrelay: every connection (1) has an agent listening\n")
-	ready(t, e.AgentAdmin, 200, "ready\nagent: connected to 1 of 1 relays\n")
-	proxyAdmin := freeAddr(t, "127.0.0.4")
-	e.writeProxy(t, rlProxyCfg{Admin: proxyAdmin, Maps: []rlMap{{Name: "sink", Listen: freeAddr(t, "127.0.0.2")}}})
-	ready(t, "http://"+proxyAdmin, 200, "ready\nproxy: 1 of 1 relay links up\n")
+	ready(t, e.RelayURL(), "", 200, "ready\nlisteners: every connection (1) has an agent listening\nrelay: serving\n")
+	ready(t, e.AgentAdmin, "", 200, "ready\nagent: connected to 1 of 1 relays\n")
+	proxyAdmin := "http://" + freeAddr(t, "127.0.0.4")
+	e.writeProxy(t, rlProxyCfg{Admin: strings.TrimPrefix(proxyAdmin, "http://"), Maps: []rlMap{{Name: "sink", Listen: freeAddr(t, "127.0.0.2")}}})
+	ready(t, proxyAdmin, "", 200, "ready\nproxy: 1 of 1 relay links up\n")
 
 	e.Relay.Stop(t)
-	ready(t, e.AgentAdmin, 503, "not ready\nagent: no relay connected")
-	ready(t, "http://"+proxyAdmin, 503, "not ready\nproxy: no relay link up")
+	ready(t, e.AgentAdmin, "", 503, "not ready\nagent: no relay connected")
+	ready(t, proxyAdmin, "", 503, "not ready\nproxy: no relay link up")
 }

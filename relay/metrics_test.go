@@ -14,6 +14,7 @@ import (
 
 	"github.com/hybridconn/hybrid/internal/admin"
 	"github.com/hybridconn/hybrid/internal/events"
+	"github.com/hybridconn/hybrid/internal/status"
 )
 
 // syncBuffer is a bytes.Buffer safe for a logger and a test.
@@ -189,6 +190,13 @@ func TestStatusAndReadiness(t *testing.T) {
 	startAgent(t, r, "other", echo)
 	if ok, why := r.srv.Ready(); !ok || why != "every connection (2) has an agent listening" {
 		t.Fatalf("Ready() = %v, %q with both served", ok, why)
+	}
+	if ok, why := r.srv.Serving(); !ok || why != "serving" {
+		t.Fatalf("Serving() = %v, %q", ok, why)
+	}
+	r.srv.core.GoAway(status.Errorf(status.ShuttingDown, "test"))
+	if ok, why := r.srv.Serving(); ok || !strings.HasPrefix(why, "stopping") {
+		t.Fatalf("Serving() = %v, %q once stopping", ok, why)
 	}
 }
 

@@ -192,9 +192,24 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
+// Serving reports whether the relay takes new control channels and
+// streams: false once it is stopping (it told its clients to go away).
+func (s *Server) Serving() (bool, string) {
+	c := s.core
+	c.mu.Lock()
+	stopping := c.goingAway
+	c.mu.Unlock()
+	if stopping {
+		return false, "stopping: clients were told to go away"
+	}
+	return true, "serving"
+}
+
 // Ready reports whether every configured connection has an agent
-// listening here, and if not which lack one: a load balancer should send
-// senders elsewhere meanwhile.
+// listening here, and if not which lack one: a load balancer that carries
+// only senders should send them elsewhere meanwhile. (One that also carries
+// the agents' control channels must not gate on it: a relay without agents
+// would then never get one. See docs/decisions.md.)
 func (s *Server) Ready() (bool, string) {
 	counts := s.core.listenerCounts()
 	var missing []string
@@ -248,7 +263,8 @@ func (s *Server) Register(a *admin.Admin) {
 		return float64(c.sessionCount())
 	})
 	a.AddStatus("relay", func() any { return s.Status() })
-	a.AddReady("relay", s.Ready)
+	a.AddReady("relay", s.Serving)
+	a.AddReady("listeners", s.Ready)
 	c.setEvents(a.Events())
 	s.admin = a
 }

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -106,21 +107,25 @@ func (a *Admin) Value(name string, labels ...string) (v float64, ok bool) {
 // errors; roles add to it, /status and the page show it.
 func (a *Admin) Events() *events.Ring { return a.events }
 
-// AddReady adds a role's readiness check to /readyz: the process is ready
-// when every check is.
+// AddReady adds a named readiness check to /readyz: the process is ready
+// when every check is, except those a request excludes
+// (/readyz?exclude=name, as Kubernetes' own /readyz does).
 func (a *Admin) AddReady(name string, f ReadyFunc) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.ready[name] = f
 }
 
-// Ready runs every readiness check, in name order, and returns whether all
-// passed and one line per check ("relay: every connection has a listener").
-func (a *Admin) Ready() (bool, []string) {
+// Ready runs every readiness check but the excluded ones, in name order,
+// and returns whether all passed and one line per check
+// ("listeners: no agent listening for pg").
+func (a *Admin) Ready(exclude ...string) (bool, []string) {
 	a.mu.Lock()
 	names := make([]string, 0, len(a.ready))
 	for n := range a.ready {
-		names = append(names, n)
+		if !slices.Contains(exclude, n) {
+			names = append(names, n)
+		}
 	}
 	fs := a.ready
 	a.mu.Unlock()
@@ -212,7 +217,7 @@ func (a *Admin) mount(mux *http.ServeMux, detail func(*http.Request) bool) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ok, lines := a.Ready()
+		ok, lines := a.Ready(r.URL.Query()["exclude"]...)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		word := "ready"

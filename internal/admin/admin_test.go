@@ -37,6 +37,8 @@ func TestGuardedPaths(t *testing.T) {
 		{"readyz public, no reasons", "/readyz", "203.0.113.1:1", "", false, 503, "not ready", "pg"},
 		{"readyz loopback, reasons", "/readyz", "127.0.0.1:1", "", false, 503, "relay: no agent listening for pg", ""},
 		{"readyz token, reasons", "/readyz", "203.0.113.1:1", "Bearer s3cret", false, 503, "no agent listening for pg", ""},
+		{"readyz excluding the failing check", "/readyz?exclude=relay", "127.0.0.1:1", "", false, 200, "ready\n", "pg"},
+		{"readyz excluding another check", "/readyz?exclude=agent", "127.0.0.1:1", "", false, 503, "not ready", ""},
 		{"page public", "/", "203.0.113.1:1", "", false, 401, "browser login", "the page"},
 		{"page loopback", "/", "127.0.0.1:1", "", false, 200, "the page /", ""},
 		{"page through a proxy", "/", "127.0.0.1:1", "", true, 401, "", "the page"},
