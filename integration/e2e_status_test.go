@@ -6,7 +6,6 @@ package integration
 // shipped alerts use scraped from all three, /readyz in both states.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -105,23 +105,6 @@ func getStatus(t *testing.T, base string) (st struct {
 		t.Fatalf("%s/status: %v", base, err)
 	}
 	return st
-}
-
-// sampleNames returns the names of the samples of a Prometheus text
-// exposition, with each sample line by name.
-func sampleNames(body string) map[string][]string {
-	out := map[string][]string{}
-	sc := bufio.NewScanner(strings.NewReader(body))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name := line[:strings.IndexAny(line, "{ ")]
-		out[name] = append(out[name], line)
-	}
-	return out
 }
 
 // alertMetrics returns the hybrid_* metric names the expressions of
@@ -252,46 +235,48 @@ func TestE2EStatusAndMetrics(t *testing.T) {
 		}
 	})
 	t.Run("metrics the alerts use", func(t *testing.T) {
-		exported := map[string][]string{}
+		exported := map[string]float64{} // "name{labels}" → value, of all three roles
+		names := map[string]bool{}
+		build := 0 // roles exporting hybrid_build_info
 		for _, base := range []string{e.RelayURL(), e.AgentAdmin, "http://" + proxyAdmin} {
-			code, body := httpGet(t, base+"/metrics")
-			if code != 200 {
-				t.Fatalf("%s/metrics: %d", base, code)
+			m, err := metrics(base)
+			if err != nil {
+				t.Fatal(err)
 			}
-			for n, lines := range sampleNames(body) {
-				exported[n] = append(exported[n], lines...)
+			for k, v := range m {
+				exported[k] = v
+				names[strings.SplitN(k, "{", 2)[0]] = true
+				if strings.HasPrefix(k, "hybrid_build_info{commit=") && strings.Contains(k, `goversion="`+runtime.Version()+`",version=`) && v == 1 {
+					build++
+				}
 			}
 		}
+		if build != 3 {
+			t.Errorf("hybrid_build_info{commit,goversion,version} 1 from %d of the 3 roles", build)
+		}
 		for _, m := range alertMetrics(t) {
-			if len(exported[m]) == 0 {
+			if !names[m] {
 				t.Errorf("alerts.yaml uses %s, which no role exports", m)
 			}
 		}
-		wantLines := []string{
-			`hybrid_relay_listeners{hc="mssql"} 0`,
-			`hybrid_relay_listeners{hc="sink"} 1`,
-			`hybrid_relay_streams_failed_total{hc="mssql",reason="no_listener"} 1`,
-			`hybrid_relay_streams_opened_total{hc="sink"} 1`,
-			`hybrid_relay_streams_active{hc="sink"} 1`,
-			fmt.Sprintf(`hybrid_agent_relay_up{relay=%q,transport="tcp"} 1`, relayLink),
-			fmt.Sprintf(`hybrid_proxy_relay_up{relay=%q,transport="tcp"} 1`, relayLink),
-			`hybrid_proxy_streams_failed_total{hc="mssql",reason="no_listener"} 1`,
-			`hybrid_agent_streams_total{hc="sink",result="opened"} 1`,
-		}
-		for _, w := range wantLines {
-			name := w[:strings.Index(w, "{")]
-			found := false
-			for _, l := range exported[name] {
-				found = found || l == w
-			}
-			if !found {
-				t.Errorf("no %s; %s is:\n%s", w, name, strings.Join(exported[name], "\n"))
-			}
-		}
-		for _, n := range []string{"hybrid_build_info", "hybrid_relay_stream_setup_seconds_bucket", "hybrid_proxy_stream_setup_seconds_bucket",
-			"hybrid_relay_stream_bytes_total", "hybrid_agent_stream_bytes_total", "hybrid_proxy_stream_bytes_total"} {
-			if len(exported[n]) == 0 {
-				t.Errorf("%s not exported", n)
+		for series, want := range map[string]float64{
+			`hybrid_relay_listeners{hc="mssql"}`:                                 0,
+			`hybrid_relay_listeners{hc="sink"}`:                                  1,
+			`hybrid_relay_streams_failed_total{hc="mssql",reason="no_listener"}`: 1,
+			`hybrid_relay_streams_opened_total{hc="sink"}`:                       1,
+			`hybrid_relay_streams_active{hc="sink"}`:                             1,
+			`hybrid_relay_stream_setup_seconds_count{hc="sink"}`:                 1,
+			`hybrid_proxy_stream_setup_seconds_count{hc="sink"}`:                 1,
+			`hybrid_agent_relay_up{relay="` + relayLink + `",transport="tcp"}`:   1,
+			`hybrid_proxy_relay_up{relay="` + relayLink + `",transport="tcp"}`:   1,
+			`hybrid_proxy_streams_failed_total{hc="mssql",reason="no_listener"}`: 1,
+			`hybrid_agent_streams_total{hc="sink",result="opened"}`:              1,
+			`hybrid_agent_streams_active{hc="sink"}`:                             1,
+			`hybrid_proxy_streams_total{hc="mssql",result="refused"}`:            1,
+			`hybrid_relay_stream_bytes_total{direction="up",hc="mssql"}`:         0,
+		} {
+			if got, ok := exported[series]; !ok || got != want {
+				t.Errorf("%s = %v (exported: %v), want %v", series, got, ok, want)
 			}
 		}
 	})
