@@ -103,6 +103,13 @@ func TestMetricsPerConnection(t *testing.T) {
 	waitValue(t, ad, 2<<20, "hybrid_relay_stream_bytes_total", "hc", "pg", "direction", "down")
 	want(1, "hybrid_relay_streams_active", "hc", "pg")
 	want(1, "hybrid_relay_streams_opened_total", "hc", "pg")
+	// The first status read has no earlier sample: the live stream's
+	// average since it started stands for the throughput.
+	for _, cs := range r.srv.Status().Connections {
+		if cs.Name == "pg" && (cs.RateUp <= 0 || cs.RateDown <= 0 || cs.BytesUp < 2<<20) {
+			t.Errorf("pg's throughput on a first read: %+v", cs)
+		}
+	}
 	want(1, "hybrid_relay_stream_setup_seconds", "hc", "pg")
 	c.(*net.TCPConn).CloseWrite()
 	io.Copy(io.Discard, c)

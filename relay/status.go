@@ -62,7 +62,8 @@ type ConnectionStatus struct {
 	BytesUp   int64 `json:"bytes_up"`
 	BytesDown int64 `json:"bytes_down"`
 	// RateUp and RateDown are bytes per second over the last few seconds
-	// (between status reads at least 2 s apart).
+	// (between status reads at least 2 s apart; on the first read, the
+	// live streams' averages since they started).
 	RateUp   float64 `json:"bytes_per_second_up"`
 	RateDown float64 `json:"bytes_per_second_down"`
 }
@@ -146,7 +147,13 @@ func (s *Server) Status() Status {
 		fs := c.fleet.Status()
 		st.Fleet = &fs
 	}
+	average := map[string][2]float64{} // the live streams' rates since they started
 	for a := range c.streams {
+		if age := now.Sub(a.start).Seconds(); age > 0 {
+			l := c.hcLabel(a.hc)
+			r := average[l]
+			average[l] = [2]float64{r[0] + float64(a.joint.AToB.Load())/age, r[1] + float64(a.joint.BToA.Load())/age}
+		}
 		l := live{st: a}
 		if a.agentSession != nil {
 			l.agent, l.addr = a.agentSession.name, a.agentSession.remote
@@ -155,7 +162,9 @@ func (s *Server) Status() Status {
 	}
 	c.mu.Unlock()
 	sort.Slice(st.Agents, func(i, j int) bool { return st.Agents[i].Remote < st.Agents[j].Remote })
-
+	if rates == nil {
+		rates = average // no sample to compare with yet
+	}
 	for label, t := range totals {
 		cs := connOf(label)
 		cs.BytesUp, cs.BytesDown = t[0], t[1]

@@ -116,10 +116,19 @@ func (a *Admin) AddReady(name string, f ReadyFunc) {
 	a.ready[name] = f
 }
 
+// Check is the result of one readiness check.
+type Check struct {
+	Name string
+	OK   bool
+	Why  string
+}
+
+// String is the check's line in /readyz: "listeners: no agent listening for pg".
+func (c Check) String() string { return c.Name + ": " + c.Why }
+
 // Ready runs every readiness check but the excluded ones, in name order,
-// and returns whether all passed and one line per check
-// ("listeners: no agent listening for pg").
-func (a *Admin) Ready(exclude ...string) (bool, []string) {
+// and returns whether all passed and each one's result.
+func (a *Admin) Ready(exclude ...string) (bool, []Check) {
 	a.mu.Lock()
 	names := make([]string, 0, len(a.ready))
 	for n := range a.ready {
@@ -131,13 +140,13 @@ func (a *Admin) Ready(exclude ...string) (bool, []string) {
 	a.mu.Unlock()
 	sort.Strings(names)
 	ok := true
-	var lines []string
+	var checks []Check
 	for _, n := range names {
 		r, why := fs[n]()
 		ok = ok && r
-		lines = append(lines, n+": "+why)
+		checks = append(checks, Check{Name: n, OK: r, Why: why})
 	}
-	return ok, lines
+	return ok, checks
 }
 
 // SetPage sets the handler of the status page: GET / and GET /ui/... (its
@@ -217,7 +226,7 @@ func (a *Admin) mount(mux *http.ServeMux, detail func(*http.Request) bool) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ok, lines := a.Ready(r.URL.Query()["exclude"]...)
+		ok, checks := a.Ready(r.URL.Query()["exclude"]...)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		word := "ready"
@@ -227,8 +236,8 @@ func (a *Admin) mount(mux *http.ServeMux, detail func(*http.Request) bool) {
 		}
 		fmt.Fprintln(w, word)
 		if detail(r) {
-			for _, l := range lines {
-				fmt.Fprintln(w, l)
+			for _, c := range checks {
+				fmt.Fprintln(w, c)
 			}
 		}
 	})

@@ -47,7 +47,7 @@ type View struct {
 	Uptime  time.Duration
 	Now     time.Time
 	Ready   bool
-	Why     []string
+	Checks  []admin.Check
 	Relay   *relay.Status
 	Agent   *agent.Status
 	Proxy   *proxy.Status
@@ -60,7 +60,7 @@ type View struct {
 func ViewOf(a *admin.Admin) View {
 	doc := a.Status()
 	v := View{Now: time.Now(), Refresh: RefreshSeconds}
-	v.Ready, v.Why = a.Ready()
+	v.Ready, v.Checks = a.Ready()
 	v.Version, _ = doc["version"].(string)
 	if s, ok := doc["uptime_seconds"].(int64); ok {
 		v.Uptime = time.Duration(s) * time.Second

@@ -74,7 +74,7 @@ func TestPage(t *testing.T) {
 		name string
 		want string // a regexp over the page
 	}{
-		{"not ready, and why", `(?s)class="badge bad" data-ready="false">not ready<.*<li>relay: no agent listening for mssql</li>`},
+		{"not ready, and why", `(?s)class="badge bad" data-ready="false">not ready<.*<li class="bad">relay: no agent listening for mssql</li>`},
 		{"a connection without agent", `(?s)<tr data-connection="mssql" class="down">.*?no agent listening`},
 		{"a served connection", `(?s)<tr data-connection="pg">.*?db-host-1.*?3\.0 MiB / 0 B`},
 		{"its throughput", `2\.0 KiB/s`},
