@@ -32,7 +32,7 @@ var streamResults = map[string]struct{ result, kind string }{
 type observer struct {
 	once    sync.Once
 	streams *prometheus.CounterVec // hc, result
-	bytes   meter.Bytes
+	live    *meter.Streams
 	events  atomic.Pointer[events.Ring]
 }
 
@@ -42,6 +42,7 @@ func (a *Agent) observer() *observer {
 			Help: "Streams by connection (names outside the config: other) and outcome: opened, denied (not published or " +
 				"outside allow), unreachable (resource down), revoked (cut by a reload), busy (over max_streams)."},
 			[]string{"hc", "result"})
+		a.obs.live = meter.NewStreams("agent", "up: towards the resource; down: back to the app")
 	})
 	return &a.obs
 }
@@ -82,38 +83,26 @@ func (a *Agent) note(kind, reason, hc, relay, msg string) {
 // finished adds an ended stream's bytes to the totals; the caller holds
 // a.mu and has just removed s from a.streams.
 func (a *Agent) finished(s *liveStream) {
-	a.observer().bytes.Finish(a.hcLabel(s.hc), s.joint.AToB.Load(), s.joint.BToA.Load())
+	a.observer().live.Finish(a.hcLabel(s.hc), s.joint.AToB.Load(), s.joint.BToA.Load())
 }
 
-var (
-	descBytes = prometheus.NewDesc("hybrid_agent_stream_bytes_total",
-		"Bytes carried by streams, by connection and direction (up: towards the resource; down: back to the app); "+
-			"counted while streams run.", []string{"hc", "direction"}, nil)
-	descActive = prometheus.NewDesc("hybrid_agent_streams_active",
-		"Streams being copied, by connection.", []string{"hc"}, nil)
-	descRelayUp = prometheus.NewDesc("hybrid_agent_relay_up",
-		"1 while the agent's control channel to a relay is connected, 0 while it is not.", []string{"relay", "transport"}, nil)
-)
+var descRelayUp = prometheus.NewDesc("hybrid_agent_relay_up",
+	"1 while the agent's control channel to a relay is connected, 0 while it is not.", []string{"relay", "transport"}, nil)
 
 // collector computes the agent's gauges and byte counters at each scrape.
 type collector struct{ a *Agent }
 
 // Describe implements prometheus.Collector.
 func (k collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descBytes
-	ch <- descActive
+	k.a.observer().live.Describe(ch)
 	ch <- descRelayUp
 }
 
 // Collect implements prometheus.Collector.
 func (k collector) Collect(ch chan<- prometheus.Metric) {
 	a := k.a
-	configured := a.configured()
-	totals := a.observer().bytes.Finished() // before the live streams: see meter.Bytes
+	totals := a.observer().live.Finished() // before the live streams: see meter.Bytes
 	active := map[string]int{}
-	for _, n := range configured {
-		active[n] = 0
-	}
 	type link struct {
 		relay, transport string
 		up               bool
@@ -131,20 +120,13 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 		r.mu.Unlock()
 	}
 	a.mu.Unlock()
-	a.obs.bytes.Emit(ch, descBytes, totals, configured)
-	for l, n := range active {
-		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), l)
-	}
+	a.obs.live.Emit(ch, totals, active, a.configured())
 	for _, l := range links {
-		v := 0.0
-		if l.up {
-			v = 1
-		}
 		tr := l.transport
 		if tr == "" {
 			tr = "none"
 		}
-		ch <- prometheus.MustNewConstMetric(descRelayUp, prometheus.GaugeValue, v, l.relay, tr)
+		meter.Flag(ch, descRelayUp, l.up, l.relay, tr)
 	}
 }
 

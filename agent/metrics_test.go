@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -60,44 +59,13 @@ func TestAuditCloseShape(t *testing.T) {
 	}
 }
 
-// echoServer echoes on loopback and returns its address.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAgentMetricsStatusReady: with a real relay, the agent reports its
 // relay link up (and ready), a live stream with its bytes counted while it
 // runs, per-connection results; when the relay goes, the link is down and
 // the agent not ready, saying why.
 func TestAgentMetricsStatusReady(t *testing.T) {
 	rl := relaytest.Start(t, "pg")
-	resource := echoServer(t)
+	resource := relaytest.Echo(t)
 	cfg := &rules.Agent{ID: "agent-7", Transport: relayclient.TransportTCP, Relays: []rules.RelayEndpoint{rl.Entry},
 		Connections: []rules.AgentConnection{
 			{Name: "pg", Endpoint: resource, KeyName: relaytest.ListenKeyName, Key: relaytest.ListenKey},
@@ -117,14 +85,14 @@ func TestAgentMetricsStatusReady(t *testing.T) {
 	go func() { a.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	relayName := rl.Name()
-	eventually(t, "relay link up", func() bool {
+	relaytest.Eventually(t, "relay link up", func() bool {
 		v, _ := ad.Value("hybrid_agent_relay_up", "relay", relayName, "transport", "tcp")
 		return v == 1
 	})
 	if ok, why := a.Ready(); !ok || why != "connected to 1 of 1 relays" {
 		t.Fatalf("Ready() = %v, %q", ok, why)
 	}
-	eventually(t, "the relay refusing other", func() bool {
+	relaytest.Eventually(t, "the relay refusing other", func() bool {
 		for _, e := range ad.Events().List() {
 			if e.HC == "other" && e.Source == "agent" && strings.Contains(e.Msg, "relay refused to let us listen") {
 				return true
@@ -145,20 +113,14 @@ func TestAgentMetricsStatusReady(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "bytes counted while the stream runs", func() bool {
+	relaytest.Eventually(t, "bytes counted while the stream runs", func() bool {
 		v, _ := ad.Value("hybrid_agent_stream_bytes_total", "hc", "pg", "direction", "down")
 		return v >= 2<<20
 	})
-	want := func(v float64, name string, labels ...string) {
-		t.Helper()
-		if got, ok := ad.Value(name, labels...); !ok || got != v {
-			t.Errorf("%s%v = %v (present %v), want %v", name, labels, got, ok, v)
-		}
-	}
-	want(1, "hybrid_agent_streams_total", "hc", "pg", "result", "opened")
-	want(0, "hybrid_agent_streams_total", "hc", "other", "result", "denied")
-	want(1, "hybrid_agent_streams_active", "hc", "pg")
-	want(0, "hybrid_agent_streams_active", "hc", "other")
+	relaytest.Metric(t, ad, 1, "hybrid_agent_streams_total", "hc", "pg", "result", "opened")
+	relaytest.Metric(t, ad, 0, "hybrid_agent_streams_total", "hc", "other", "result", "denied")
+	relaytest.Metric(t, ad, 1, "hybrid_agent_streams_active", "hc", "pg")
+	relaytest.Metric(t, ad, 0, "hybrid_agent_streams_active", "hc", "other")
 	st := a.Status()
 	if len(st.Streams) != 1 || st.Streams[0].HC != "pg" || st.Streams[0].SenderKey != "apps" || st.Streams[0].BytesDown < 2<<20 {
 		t.Errorf("streams %+v", st.Streams)
@@ -170,7 +132,7 @@ func TestAgentMetricsStatusReady(t *testing.T) {
 	c.Close()
 
 	rl.Stop()
-	eventually(t, "relay link down", func() bool {
+	relaytest.Eventually(t, "relay link down", func() bool {
 		v, ok := ad.Value("hybrid_agent_relay_up", "relay", relayName)
 		return ok && v == 0
 	})

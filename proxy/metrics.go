@@ -32,7 +32,7 @@ type observer struct {
 	streams *prometheus.CounterVec   // hc, result
 	failed  *prometheus.CounterVec   // hc, reason
 	setup   *prometheus.HistogramVec // hc
-	bytes   meter.Bytes
+	live    *meter.Streams
 	events  atomic.Pointer[events.Ring]
 }
 
@@ -47,6 +47,7 @@ func (p *Proxy) observer() *observer {
 		p.obs.setup = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hybrid_proxy_stream_setup_seconds",
 			Help:    "Time to open a stream through the relay, as the app waits for it (relay, agent and resource dial), by connection.",
 			Buckets: meter.SetupBuckets}, []string{"hc"})
+		p.obs.live = meter.NewStreams("proxy", "up: from the app; down: to the app")
 	})
 	return &p.obs
 }
@@ -122,7 +123,7 @@ func newFlow(hc string, app net.Conn, up, down *atomic.Int64) *flow {
 func (p *Proxy) dropStreamLocked(app net.Conn) {
 	if s := p.streams[app]; s != nil {
 		delete(p.streams, app)
-		p.observer().bytes.Finish(p.hcLabel(s.hc), s.up.Load(), s.down.Load())
+		p.observer().live.Finish(p.hcLabel(s.hc), s.up.Load(), s.down.Load())
 	}
 }
 
@@ -133,36 +134,24 @@ func linkUp(ls LinkStatus) bool {
 	return ls.Healthy && (ls.Session || ls.Transport == relayclient.TransportWebSocket)
 }
 
-var (
-	descBytes = prometheus.NewDesc("hybrid_proxy_stream_bytes_total",
-		"Bytes carried by streams, by connection and direction (up: from the app; down: to the app); counted while streams run.",
-		[]string{"hc", "direction"}, nil)
-	descActive = prometheus.NewDesc("hybrid_proxy_streams_active",
-		"Streams being copied, by connection.", []string{"hc"}, nil)
-	descRelayUp = prometheus.NewDesc("hybrid_proxy_relay_up",
-		"1 while a relay is in the proxy's spread with its session connected (WebSocket: while its streams succeed), 0 otherwise.",
-		[]string{"relay", "transport"}, nil)
-)
+var descRelayUp = prometheus.NewDesc("hybrid_proxy_relay_up",
+	"1 while a relay is in the proxy's spread with its session connected (WebSocket: while its streams succeed), 0 otherwise.",
+	[]string{"relay", "transport"}, nil)
 
 // collector computes the proxy's gauges and byte counters at each scrape.
 type collector struct{ p *Proxy }
 
 // Describe implements prometheus.Collector.
 func (k collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descBytes
-	ch <- descActive
+	k.p.observer().live.Describe(ch)
 	ch <- descRelayUp
 }
 
 // Collect implements prometheus.Collector.
 func (k collector) Collect(ch chan<- prometheus.Metric) {
 	p := k.p
-	configured := p.configured()
-	totals := p.observer().bytes.Finished() // before the live streams: see meter.Bytes
+	totals := p.observer().live.Finished() // before the live streams: see meter.Bytes
 	active := map[string]int{}
-	for _, n := range configured {
-		active[n] = 0
-	}
 	p.mu.Lock()
 	for _, s := range p.streams {
 		l := p.hcLabel(s.hc)
@@ -170,16 +159,9 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 		active[l]++
 	}
 	p.mu.Unlock()
-	p.obs.bytes.Emit(ch, descBytes, totals, configured)
-	for l, n := range active {
-		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), l)
-	}
+	p.obs.live.Emit(ch, totals, active, p.configured())
 	for _, ls := range p.links() {
-		v := 0.0
-		if linkUp(ls) {
-			v = 1
-		}
-		ch <- prometheus.MustNewConstMetric(descRelayUp, prometheus.GaugeValue, v, ls.Relay, ls.Transport)
+		meter.Flag(ch, descRelayUp, ls.Up, ls.Relay, ls.Transport)
 	}
 }
 

@@ -76,16 +76,10 @@ func TestProxyMetricsStatusReady(t *testing.T) {
 		v, _ := ad.Value("hybrid_proxy_stream_bytes_total", "hc", "pg", "direction", "up")
 		return v >= 2<<20
 	})
-	want := func(v float64, name string, labels ...string) {
-		t.Helper()
-		if got, ok := ad.Value(name, labels...); !ok || got != v {
-			t.Errorf("%s%v = %v (present %v), want %v", name, labels, got, ok, v)
-		}
-	}
-	want(1, "hybrid_proxy_streams_total", "hc", "pg", "result", "opened")
-	want(1, "hybrid_proxy_stream_setup_seconds", "hc", "pg")
-	want(1, "hybrid_proxy_streams_active", "hc", "pg")
-	want(0, "hybrid_proxy_streams_active", "hc", "nobody")
+	relaytest.Metric(t, ad, 1, "hybrid_proxy_streams_total", "hc", "pg", "result", "opened")
+	relaytest.Metric(t, ad, 1, "hybrid_proxy_stream_setup_seconds", "hc", "pg")
+	relaytest.Metric(t, ad, 1, "hybrid_proxy_streams_active", "hc", "pg")
+	relaytest.Metric(t, ad, 0, "hybrid_proxy_streams_active", "hc", "nobody")
 	st := p.Status()
 	if len(st.Streams) != 1 || st.Streams[0].HC != "pg" || st.Streams[0].App != c.LocalAddr().String() || st.Streams[0].BytesUp < 2<<20 {
 		t.Errorf("streams %+v, want pg from %s", st.Streams, c.LocalAddr())
@@ -103,12 +97,12 @@ func TestProxyMetricsStatusReady(t *testing.T) {
 		v, _ := ad.Value("hybrid_proxy_streams_failed_total", "hc", "nobody", "reason", "not_found")
 		return v == 1
 	})
-	want(1, "hybrid_proxy_streams_total", "hc", "nobody", "result", "refused")
+	relaytest.Metric(t, ad, 1, "hybrid_proxy_streams_total", "hc", "nobody", "result", "refused")
 	// A SOCKS target no connection publishes counts as other.
 	if code, _ := socksRequest(t, p.SocksAddr(), "", "", cmdConnect, "elsewhere.invalid", 80); code == 0 {
 		t.Fatal("unmatched SOCKS target accepted")
 	}
-	want(1, "hybrid_proxy_streams_total", "hc", "other", "result", "refused")
+	relaytest.Metric(t, ad, 1, "hybrid_proxy_streams_total", "hc", "other", "result", "refused")
 	reasons := map[string]bool{}
 	for _, e := range ad.Events().List() {
 		reasons[e.Reason] = true

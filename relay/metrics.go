@@ -35,7 +35,7 @@ type observer struct {
 	setup  *prometheus.HistogramVec // hc
 	events atomic.Pointer[events.Ring]
 
-	bytes meter.Bytes
+	streams *meter.Streams
 
 	mu      sync.Mutex
 	senders map[*activeStream]string // live streams' sender addresses, for status
@@ -52,6 +52,7 @@ func (o *observer) init() {
 		o.setup = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hybrid_relay_stream_setup_seconds",
 			Help:    "Time from a sender's open to the agent joining (the relay's part of a new stream's latency), by hybrid connection.",
 			Buckets: meter.SetupBuckets}, []string{"hc"})
+		o.streams = meter.NewStreams("relay", "up: sender to agent; down: agent to sender")
 		o.senders = map[*activeStream]string{}
 	})
 }
@@ -143,7 +144,7 @@ func (c *Core) streamEnded(st *activeStream, sender, agent *Peer, aborted string
 	o.mu.Lock()
 	delete(o.senders, st)
 	o.mu.Unlock()
-	o.bytes.Finish(label, up, down)
+	o.streams.Finish(label, up, down)
 	result := "ok"
 	switch {
 	case aborted != "":
@@ -172,7 +173,7 @@ func (c *Core) streamEnded(st *activeStream, sender, agent *Peer, aborted string
 // twice (Splice removes it from c.streams before adding it to the
 // totals).
 func (c *Core) byteTotals() (map[string][2]int64, map[string]int) {
-	out := c.observer().bytes.Finished()
+	out := c.observer().streams.Finished()
 	active := map[string]int{}
 	c.mu.Lock()
 	for st := range c.streams {
@@ -218,16 +219,9 @@ func (o *observer) throughput(now time.Time, totals map[string][2]int64) map[str
 	return r.rate
 }
 
-// Descriptions of the series the collector computes at each scrape.
-var (
-	descBytes = prometheus.NewDesc("hybrid_relay_stream_bytes_total",
-		"Bytes carried by streams, by hybrid connection and direction (up: sender to agent; down: agent to sender); "+
-			"counted while streams run (at least every MiB), not only when they end.", []string{"hc", "direction"}, nil)
-	descActive = prometheus.NewDesc("hybrid_relay_streams_active",
-		"Streams being copied, by hybrid connection.", []string{"hc"}, nil)
-	descListeners = prometheus.NewDesc("hybrid_relay_listeners",
-		"Agents listening, by hybrid connection; 0 for a configured connection no agent serves.", []string{"hc"}, nil)
-)
+// descListeners describes a series the collector computes at each scrape.
+var descListeners = prometheus.NewDesc("hybrid_relay_listeners",
+	"Agents listening, by hybrid connection; 0 for a configured connection no agent serves.", []string{"hc"}, nil)
 
 // collector computes the relay's per-connection gauges and byte counters
 // from the core's state at each scrape.
@@ -235,8 +229,7 @@ type collector struct{ c *Core }
 
 // Describe implements prometheus.Collector.
 func (k collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descBytes
-	ch <- descActive
+	k.c.observer().streams.Describe(ch)
 	ch <- descListeners
 }
 
@@ -245,18 +238,8 @@ func (k collector) Describe(ch chan<- *prometheus.Desc) {
 func (k collector) Collect(ch chan<- prometheus.Metric) {
 	c := k.c
 	totals, active := c.byteTotals()
-	listeners := c.listenerCounts()
-	configured := c.configured()
-	for _, n := range configured {
-		if _, ok := active[n]; !ok {
-			active[n] = 0
-		}
-	}
-	c.observer().bytes.Emit(ch, descBytes, totals, configured)
-	for l, n := range active {
-		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), l)
-	}
-	for l, n := range listeners {
+	c.observer().streams.Emit(ch, totals, active, c.configured())
+	for l, n := range c.listenerCounts() {
 		ch <- prometheus.MustNewConstMetric(descListeners, prometheus.GaugeValue, float64(n), l)
 	}
 }

@@ -113,3 +113,53 @@ func Add(totals map[string][2]int64, label string, up, down int64) {
 	t := totals[label]
 	totals[label] = [2]int64{t[0] + up, t[1] + down}
 }
+
+// Streams is a role's per-connection stream series: the bytes its streams
+// carried (hybrid_<role>_stream_bytes_total, counted while they run) and how
+// many run (hybrid_<role>_streams_active). Make one with NewStreams.
+type Streams struct {
+	Bytes
+	bytes, active *prometheus.Desc
+}
+
+// NewStreams returns the series of role ("relay", "agent", "proxy");
+// directions says in a few words what up and down mean there.
+func NewStreams(role, directions string) *Streams {
+	return &Streams{
+		bytes: prometheus.NewDesc("hybrid_"+role+"_stream_bytes_total",
+			"Bytes carried by streams, by connection (names outside the config: other) and direction ("+directions+
+				"); counted while streams run (at least every MiB a stream moves) and when they end.", []string{"hc", "direction"}, nil),
+		active: prometheus.NewDesc("hybrid_"+role+"_streams_active",
+			"Streams being copied, by connection.", []string{"hc"}, nil),
+	}
+}
+
+// Describe sends the descriptions of the series.
+func (s *Streams) Describe(ch chan<- *prometheus.Desc) {
+	ch <- s.bytes
+	ch <- s.active
+}
+
+// Emit sends the series for one scrape: totals are Finished() plus what
+// the live streams counted, active the live streams by label. Every name in
+// configured has its series, at 0 when idle.
+func (s *Streams) Emit(ch chan<- prometheus.Metric, totals map[string][2]int64, active map[string]int, configured []string) {
+	s.Bytes.Emit(ch, s.bytes, totals, configured)
+	for _, n := range configured {
+		if _, ok := active[n]; !ok {
+			active[n] = 0
+		}
+	}
+	for l, n := range active {
+		ch <- prometheus.MustNewConstMetric(s.active, prometheus.GaugeValue, float64(n), l)
+	}
+}
+
+// Flag sends desc's gauge for labels: 1 when on, 0 when not.
+func Flag(ch chan<- prometheus.Metric, desc *prometheus.Desc, on bool, labels ...string) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+}

@@ -1,9 +1,12 @@
 // Package relaytest runs a real relay on loopback for the tests of the
-// packages around it (agent, proxy): one call, its keys as constants.
+// packages around it (agent, proxy): one call, its keys as constants; and
+// the few helpers those tests share (an echo resource, waiting, reading a
+// metric).
 package relaytest
 
 import (
 	"context"
+	"io"
 	"net"
 	"strconv"
 	"testing"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/admin"
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/relay"
@@ -85,4 +89,46 @@ func (r *Relay) Name() string {
 // SendToken mints a send token for hc, valid for an hour.
 func SendToken(hc string) string {
 	return sas.NewToken(sas.ResourceURI(Namespace, hc), SendKeyName, SendKey, time.Now().Add(time.Hour))
+}
+
+// Echo serves an echo resource on loopback until the test ends and returns
+// its address.
+func Echo(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// Eventually waits, for up to 15 s, until cond holds.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Metric fails t unless ad's series name with labels (pairs) is present
+// with value want.
+func Metric(t testing.TB, ad *admin.Admin, want float64, name string, labels ...string) {
+	t.Helper()
+	if got, ok := ad.Value(name, labels...); !ok || got != want {
+		t.Errorf("%s%v = %v (present %v), want %v", name, labels, got, ok, want)
+	}
 }
