@@ -342,3 +342,56 @@ func TestE2EReadyz(t *testing.T) {
 	ready(t, e.AgentAdmin, "", 503, "not ready\nagent: no relay connected")
 	ready(t, proxyAdmin, "", 503, "not ready\nproxy: no relay link up")
 }
+
+// TestE2EStatusPageGuard: on the relay's public port the page needs the
+// admin token (a browser's login, the token as password) unless the request
+// comes straight from loopback; /readyz answers anyone but says why only to
+// those; relay.admin serves the page to anyone who reaches it.
+func TestE2EStatusPageGuard(t *testing.T) {
+	c := newCluster(t, "echo")
+	admin := freeAddr(t, "127.0.0.1")
+	const token = "admin-token-0123456789abcdef"
+	r := c.startRelay(t, fmt.Sprintf("  admin: %s\n  admin_token: %q\n", admin, token))
+	proxied := map[string]string{"X-Forwarded-For": "203.0.113.7"}
+	basic := func(pw string) map[string]string {
+		req, _ := http.NewRequest("GET", "/", nil)
+		req.SetBasicAuth("admin", pw)
+		return map[string]string{"X-Forwarded-For": "203.0.113.7", "Authorization": req.Header.Get("Authorization")}
+	}
+	for _, tt := range []struct {
+		name, url string
+		hdr       map[string]string
+		code      int
+		body      string // contained
+		notBody   string
+	}{
+		{"page from loopback", r.url() + "/", nil, 200, `<tr data-connection="echo" class="down">`, ""},
+		{"page through a proxy", r.url() + "/", proxied, 401, "", "data-connection"},
+		{"page with a login", r.url() + "/", basic(token), 200, "no agent listening", ""},
+		{"page with a wrong login", r.url() + "/", basic("guess"), 401, "", "data-connection"},
+		{"assets with a login", r.url() + "/ui/page.js", basic(token), 200, "DOMParser", ""},
+		{"readyz through a proxy", r.url() + "/readyz", proxied, 503, "not ready", "echo"},
+		{"readyz from loopback", r.url() + "/readyz", nil, 503, "listeners: no agent listening for echo", ""},
+		{"page on relay.admin", "http://" + admin + "/", proxied, 200, "no agent listening", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", tt.url, nil)
+			for k, v := range tt.hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body := string(b)
+			if resp.StatusCode != tt.code || !strings.Contains(body, tt.body) || tt.notBody != "" && strings.Contains(body, tt.notBody) {
+				t.Errorf("%d %q, want %d with %q and without %q", resp.StatusCode, tailLines(body, 5), tt.code, tt.body, tt.notBody)
+			}
+			if resp.StatusCode == 401 && !strings.Contains(strings.Join(resp.Header.Values("WWW-Authenticate"), ","), "Basic") {
+				t.Errorf("401 without a Basic challenge: a browser would not ask for a login")
+			}
+		})
+	}
+}
