@@ -37,9 +37,9 @@ type observer struct {
 
 	streams *meter.Streams
 
-	mu      sync.Mutex
-	senders map[*activeStream]string // live streams' sender addresses, for status
-	rates   rateSample               // for the status page's throughput
+	mu    sync.Mutex
+	peers map[*activeStream][2]string // live streams' sender and agent-side addresses, for status
+	rates rateSample                  // for the status page's throughput
 }
 
 func (o *observer) init() {
@@ -53,7 +53,7 @@ func (o *observer) init() {
 			Help:    "Time from a sender's open to the agent joining (the relay's part of a new stream's latency), by hybrid connection.",
 			Buckets: meter.SetupBuckets}, []string{"hc"})
 		o.streams = meter.NewStreams("relay", "up: sender to agent; down: agent to sender")
-		o.senders = map[*activeStream]string{}
+		o.peers = map[*activeStream][2]string{}
 	})
 }
 
@@ -115,23 +115,26 @@ func (c *Core) denied(hc string, need sas.Rights, remote string, err error) {
 		Reason: status.CodeOf(err).Reason(), Msg: need.String() + ": " + err.Error()})
 }
 
-// streamStarted counts a stream whose copy starts, keeps its sender's
-// address for status, and counts the early bytes (the app's first bytes,
-// which reached the agent with the accept or before the copy).
-func (c *Core) streamStarted(st *activeStream, sender string, early int) {
+// streamStarted counts a stream whose copy starts, keeps the addresses of
+// its sender and agent side for status, and counts the early bytes (the
+// app's first bytes, which reached the agent with the accept or before the
+// copy).
+func (c *Core) streamStarted(st *activeStream, sender, agent string, early int) {
 	st.joint.AToB.Add(int64(early))
 	o := c.observer()
 	o.opened.WithLabelValues(c.hcLabel(st.hc)).Inc()
 	o.mu.Lock()
-	o.senders[st] = sender
+	o.peers[st] = [2]string{sender, agent}
 	o.mu.Unlock()
 }
 
-// senderOf returns the sender address of a live stream, or "".
-func (o *observer) senderOf(st *activeStream) string {
+// peersOf returns the sender's and the agent side's addresses of a live
+// stream, or "" for each until it starts.
+func (o *observer) peersOf(st *activeStream) (sender, agent string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.senders[st]
+	p := o.peers[st]
+	return p[0], p[1]
 }
 
 // streamEnded is called by Splice once a stream is over and no longer in
@@ -142,7 +145,7 @@ func (c *Core) streamEnded(st *activeStream, sender, agent *Peer, aborted string
 	label := c.hcLabel(st.hc)
 	up, down := st.joint.AToB.Load(), st.joint.BToA.Load()
 	o.mu.Lock()
-	delete(o.senders, st)
+	delete(o.peers, st)
 	o.mu.Unlock()
 	o.streams.Finish(label, up, down)
 	result := "ok"
@@ -160,6 +163,12 @@ func (c *Core) streamEnded(st *activeStream, sender, agent *Peer, aborted string
 	args := []any{"hc", st.hc, "stream", st.id.String(), "sender", sender.Addr, "sender_key", st.senderKey,
 		"agent", agentName, "agent_addr", agent.Addr, "bytes_up", up, "bytes_down", down,
 		"duration", time.Since(st.start).Round(time.Millisecond), "result", result}
+	switch {
+	case st.forwarded: // sender is the relay it landed at
+		args = append(args, "fleet", "from another relay")
+	case st.agentSession == nil: // agent_addr is the relay whose agent took it
+		args = append(args, "fleet", "to another relay")
+	}
 	if aborted != "" {
 		args = append(args, "reason", aborted)
 	}

@@ -87,7 +87,7 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 		}
 	}
 	c.stats.StreamsOpened.Add(1)
-	c.streamStarted(st, sender.Addr, len(pr.early))
+	c.streamStarted(st, sender.Addr, agent.Addr, len(pr.early))
 	if agent.Serve != nil {
 		agent.Serve(joint.CopyBToA)
 	} else {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hybridconn/hybrid/internal/admin"
+	"github.com/hybridconn/hybrid/internal/meter"
 )
 
 // Status is the relay's part of /status.
@@ -51,9 +52,12 @@ type AgentStatus struct {
 // ConnectionStatus is one hybrid connection at the relay.
 type ConnectionStatus struct {
 	Name string `json:"name"`
-	// Listeners is how many agents listen for it; 0: streams are refused
-	// with "no agent listening".
+	// Listeners is how many agents listen for it here; 0: its streams are
+	// refused with "no agent listening", unless Remote.
 	Listeners int `json:"listeners"`
+	// Remote is true when another relay of the fleet has an agent for it:
+	// streams landing here are carried there.
+	Remote bool `json:"remote,omitempty"`
 	// Agents are the ids of the agents listening.
 	Agents        []string `json:"agents"`
 	StreamsActive int      `json:"streams_active"`
@@ -73,7 +77,7 @@ type StreamStatus struct {
 	ID          string `json:"id"`
 	HC          string `json:"hc"`
 	Agent       string `json:"agent"`        // the agent's id
-	AgentRemote string `json:"agent_remote"` // its control channel's address
+	AgentRemote string `json:"agent_remote"` // its control channel's address (for a stream carried to another relay of the fleet: that relay's)
 	Sender      string `json:"sender"`       // the sender's address ("" until the stream starts)
 	SenderKey   string `json:"sender_key"`
 	Since       string `json:"since"`
@@ -174,6 +178,7 @@ func (s *Server) Status() Status {
 	}
 	for _, n := range sortedKeys(conns) {
 		cs := conns[n]
+		cs.Remote = c.fleet != nil && n != meter.Other && c.fleet.HasRemote(n)
 		sort.Strings(cs.Agents)
 		st.Connections = append(st.Connections, *cs)
 	}
@@ -185,8 +190,12 @@ func (s *Server) Status() Status {
 	st.Streams = []StreamStatus{}
 	for _, l := range streams {
 		a := l.st
+		sender, agentSide := c.obs.peersOf(a)
+		if l.addr == "" {
+			l.addr = agentSide // carried to another relay
+		}
 		st.Streams = append(st.Streams, StreamStatus{ID: a.id.String(), HC: a.hc, Agent: l.agent, AgentRemote: l.addr,
-			Sender: c.obs.senderOf(a), SenderKey: a.senderKey, Since: a.start.UTC().Format(time.RFC3339),
+			Sender: sender, SenderKey: a.senderKey, Since: a.start.UTC().Format(time.RFC3339),
 			BytesUp: a.joint.AToB.Load(), BytesDown: a.joint.BToA.Load()})
 	}
 	return st
@@ -215,17 +224,19 @@ func (s *Server) Serving() (bool, string) {
 }
 
 // Ready reports whether every configured connection has an agent
-// listening here, and if not which lack one: a load balancer that carries
-// only senders should send them elsewhere meanwhile. (One that also carries
-// the agents' control channels must not gate on it: a relay without agents
-// would then never get one. See docs/decisions.md.)
+// listening here, or in a fleet at another relay, and if not which lack
+// one: a load balancer that carries only senders should send them
+// elsewhere meanwhile. (One that also carries the agents' control channels
+// must not gate on it: a relay without agents would then never get one.
+// See docs/decisions.md.)
 func (s *Server) Ready() (bool, string) {
-	counts := s.core.listenerCounts()
+	c := s.core
+	counts := c.listenerCounts()
 	var missing []string
 	n := 0
-	for _, name := range s.core.configured() {
+	for _, name := range c.configured() {
 		n++
-		if counts[name] == 0 {
+		if counts[name] == 0 && (c.fleet == nil || !c.fleet.HasRemote(name)) {
 			missing = append(missing, name)
 		}
 	}
