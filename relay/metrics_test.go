@@ -232,3 +232,34 @@ func TestThroughput(t *testing.T) {
 		}
 	}
 }
+
+// remoteFleet is a fleet in which another relay has agents for some
+// connections.
+type remoteFleet struct {
+	Fleet      // the rest is not called
+	remote map[string]bool
+}
+
+func (f remoteFleet) HasRemote(hc string) bool { return f.remote[hc] }
+func (f remoteFleet) Changed()                 {}
+func (f remoteFleet) Status() FleetStatus      { return FleetStatus{ID: "relay-a", Directory: true, Relays: 1} }
+
+// TestReadinessInAFleet: a connection whose agent listens at another relay
+// of the fleet is served from here too: ready, and not shown as unserved.
+func TestReadinessInAFleet(t *testing.T) {
+	r := startRelayWith(t, hclog.NewNullLogger(), func(s *Server) {
+		s.SetFleet(remoteFleet{remote: map[string]bool{"other": true}}, [4]byte{1, 2, 3, 4})
+	})
+	if ok, why := r.srv.Ready(); ok || why != "no agent listening for pg" {
+		t.Fatalf("Ready() = %v, %q", ok, why)
+	}
+	for _, cs := range r.srv.Status().Connections {
+		if want := cs.Name == "other"; cs.Remote != want {
+			t.Errorf("%s: Remote %v, want %v", cs.Name, cs.Remote, want)
+		}
+	}
+	startAgent(t, r, "pg", echo)
+	if ok, why := r.srv.Ready(); !ok || why != "every connection (2) has an agent listening" {
+		t.Fatalf("Ready() = %v, %q", ok, why)
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hybridconn/hybrid/internal/admin"
-	"github.com/hybridconn/hybrid/internal/meter"
 )
 
 // Status is the relay's part of /status.
@@ -178,7 +177,7 @@ func (s *Server) Status() Status {
 	}
 	for _, n := range sortedKeys(conns) {
 		cs := conns[n]
-		cs.Remote = c.fleet != nil && n != meter.Other && c.fleet.HasRemote(n)
+		cs.Remote = c.fleet != nil && s.known(n) && c.fleet.HasRemote(n)
 		sort.Strings(cs.Agents)
 		st.Connections = append(st.Connections, *cs)
 	}
