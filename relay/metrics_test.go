@@ -236,13 +236,15 @@ func TestThroughput(t *testing.T) {
 // remoteFleet is a fleet in which another relay has agents for some
 // connections.
 type remoteFleet struct {
-	Fleet      // the rest is not called
+	Fleet  // the rest is not called
 	remote map[string]bool
 }
 
 func (f remoteFleet) HasRemote(hc string) bool { return f.remote[hc] }
 func (f remoteFleet) Changed()                 {}
-func (f remoteFleet) Status() FleetStatus      { return FleetStatus{ID: "relay-a", Directory: true, Relays: 1} }
+func (f remoteFleet) Status() FleetStatus {
+	return FleetStatus{ID: "relay-a", Directory: true, Relays: 1}
+}
 
 // TestReadinessInAFleet: a connection whose agent listens at another relay
 // of the fleet is served from here too: ready, and not shown as unserved.
