@@ -15,6 +15,8 @@ import (
 	"github.com/hybridconn/hybrid/internal/admin"
 	"github.com/hybridconn/hybrid/internal/events"
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/stream"
+	"github.com/hybridconn/hybrid/rules"
 )
 
 // syncBuffer is a bytes.Buffer safe for a logger and a test.
@@ -264,4 +266,36 @@ func TestReadinessInAFleet(t *testing.T) {
 	if ok, why := r.srv.Ready(); !ok || why != "every connection (2) has an agent listening" {
 		t.Fatalf("Ready() = %v, %q", ok, why)
 	}
+}
+
+// BenchmarkObserve measures a status read and a scrape with 1000 live
+// streams (go test -bench Observe ./relay): both walk every live stream
+// under the core's lock.
+func BenchmarkObserve(b *testing.B) {
+	keys := []rules.Key{{Name: "apps", Rights: []string{"send"}, Primary: sendKey}}
+	cfg := &rules.Relay{Namespace: ns, Connections: []rules.RelayConnection{{Name: "pg", Keys: keys}, {Name: "other", Keys: keys}}}
+	srv, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ad := admin.New()
+	srv.Register(ad)
+	for i := 0; i < 1000; i++ {
+		a, z := net.Pipe()
+		defer a.Close()
+		defer z.Close()
+		st := &activeStream{hc: []string{"pg", "other"}[i%2], joint: stream.NewJoint(a, z), start: time.Now()}
+		st.joint.AToB.Store(int64(i) << 20)
+		srv.core.streams[st] = struct{}{}
+	}
+	b.Run("status", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			srv.Status()
+		}
+	})
+	b.Run("scrape", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			ad.Value("hybrid_relay_stream_bytes_total", "hc", "pg")
+		}
+	})
 }
