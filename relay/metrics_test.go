@@ -45,10 +45,10 @@ func startObservedRelay(t *testing.T) (*testRelay, *admin.Admin, *syncBuffer) {
 	ad := admin.New()
 	logs := &syncBuffer{}
 	log := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Info})
-	r := startRelayWith(t, log, func(s *Server) {
+	r := serveTestRelay(t, log, func(s *Server) {
 		s.core.SetConfig(Config{ListenerWait: -1})
 		s.Register(ad)
-	})
+	}, nil)
 	return r, ad, logs
 }
 
@@ -251,9 +251,9 @@ func (f remoteFleet) Status() FleetStatus {
 // TestReadinessInAFleet: a connection whose agent listens at another relay
 // of the fleet is served from here too: ready, and not shown as unserved.
 func TestReadinessInAFleet(t *testing.T) {
-	r := startRelayWith(t, hclog.NewNullLogger(), func(s *Server) {
+	r := serveTestRelay(t, hclog.NewNullLogger(), func(s *Server) {
 		s.SetFleet(remoteFleet{remote: map[string]bool{"other": true}}, [4]byte{1, 2, 3, 4})
-	})
+	}, nil)
 	if ok, why := r.srv.Ready(); ok || why != "no agent listening for pg" {
 		t.Fatalf("Ready() = %v, %q", ok, why)
 	}

@@ -48,12 +48,12 @@ func startRelay(t *testing.T) *testRelay { return startRelayWith(t, nil) }
 // and a chance to change the configuration.
 func startRelayWith(t testing.TB, edit func(*rules.Relay), extra ...string) *testRelay {
 	t.Helper()
-	return startRelayWith(t, hclog.NewNullLogger(), nil)
+	return serveTestRelay(t, hclog.NewNullLogger(), nil, edit, extra...)
 }
 
-// startRelayWith is startRelay with a logger, and a setup function (when
-// not nil) called before the relay serves.
-func startRelayWith(t *testing.T, log hclog.Logger, setup func(*Server)) *testRelay {
+// serveTestRelay is startRelayWith with a logger, and a setup function
+// (when not nil) called before the relay serves.
+func serveTestRelay(t testing.TB, log hclog.Logger, setup func(*Server), edit func(*rules.Relay), extra ...string) *testRelay {
 	t.Helper()
 	keys := []rules.Key{
 		{Name: "apps", Rights: []string{"send"}, Primary: sendKey},

@@ -128,7 +128,7 @@ func NewStreams(role, directions string) *Streams {
 	return &Streams{
 		bytes: prometheus.NewDesc("hybrid_"+role+"_stream_bytes_total",
 			"Bytes carried by streams, by connection (names outside the config: other) and direction ("+directions+
-				"); counted while streams run (at least every MiB a stream moves) and when they end.", []string{"hc", "direction"}, nil),
+				"); counted while streams run, as their copies move them.", []string{"hc", "direction"}, nil),
 		active: prometheus.NewDesc("hybrid_"+role+"_streams_active",
 			"Streams being copied, by connection.", []string{"hc"}, nil),
 	}
