@@ -25,18 +25,20 @@ type AuditEvent struct {
 	Method     string    `json:"method,omitempty"` // HTTP mode: the request's method,
 	Path       string    `json:"path,omitempty"`   // its target (path and query, as the relay gave it),
 	Status     int       `json:"status,omitempty"` // and the status answered
-	// BytesIn, BytesOut and DurationMS belong to close lines, which
-	// always carry all three (0 included); other lines leave them out.
+	// BytesIn, BytesOut and DurationMS belong to close lines (and the
+	// http lines of HTTP-mode exchanges), which always carry all three (0
+	// included); other lines leave them out.
 	BytesIn    int64 `json:"bytes_to_resource,omitempty"`
 	BytesOut   int64 `json:"bytes_from_resource,omitempty"`
 	DurationMS int64 `json:"duration_ms,omitempty"`
 }
 
-// MarshalJSON writes a close line with its bytes and duration even when
-// they are 0, so every close line has one shape; other lines without them.
+// MarshalJSON writes a close (or http) line with its bytes and duration
+// even when they are 0, so every such line has one shape; other lines
+// without them.
 func (e AuditEvent) MarshalJSON() ([]byte, error) {
 	type plain AuditEvent // without this method
-	if e.Event != "close" {
+	if e.Event != "close" && e.Event != "http" {
 		return json.Marshal(plain(e))
 	}
 	return json.Marshal(struct {

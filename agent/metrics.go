@@ -22,6 +22,7 @@ import (
 // status page ("" for none).
 var streamResults = map[string]struct{ result, kind string }{
 	"open":        {"opened", ""},
+	"http":        {"opened", ""}, // an HTTP-mode exchange, when it ends
 	"deny":        {"denied", events.Denial},
 	"unreachable": {"unreachable", events.Refusal},
 	"busy":        {"busy", events.Refusal},
@@ -68,7 +69,11 @@ func (a *Agent) record(ev AuditEvent) {
 	if !ok {
 		return
 	}
-	a.observer().streams.WithLabelValues(a.hcLabel(ev.HC), r.result).Inc()
+	label := a.hcLabel(ev.HC)
+	a.observer().streams.WithLabelValues(label, r.result).Inc()
+	if ev.Event == "http" {
+		a.obs.live.Finish(label, ev.BytesIn, ev.BytesOut)
+	}
 	if r.kind != "" {
 		a.obs.events.Load().Add(events.Event{Kind: r.kind, Source: "agent", HC: ev.HC, Remote: ev.SenderAddr,
 			Reason: r.result, Msg: ev.Reason})
@@ -80,10 +85,20 @@ func (a *Agent) note(kind, reason, hc, relay, msg string) {
 	a.obs.events.Load().Add(events.Event{Kind: kind, Source: "agent", HC: hc, Remote: relay, Reason: reason, Msg: msg})
 }
 
+// counts returns the bytes a stream moved so far, up and down; an
+// HTTP-mode exchange counts its bytes when it ends (record).
+func (s *liveStream) counts() (up, down int64) {
+	if s.joint == nil {
+		return 0, 0
+	}
+	return s.joint.AToB.Load(), s.joint.BToA.Load()
+}
+
 // finished adds an ended stream's bytes to the totals; the caller holds
 // a.mu and has just removed s from a.streams.
 func (a *Agent) finished(s *liveStream) {
-	a.observer().live.Finish(a.hcLabel(s.hc), s.joint.AToB.Load(), s.joint.BToA.Load())
+	up, down := s.counts()
+	a.observer().live.Finish(a.hcLabel(s.hc), up, down)
 }
 
 var descRelayUp = prometheus.NewDesc("hybrid_agent_relay_up",
@@ -111,7 +126,8 @@ func (k collector) Collect(ch chan<- prometheus.Metric) {
 	a.mu.Lock()
 	for s := range a.streams {
 		l := a.hcLabel(s.hc)
-		meter.Add(totals, l, s.joint.AToB.Load(), s.joint.BToA.Load())
+		up, down := s.counts()
+		meter.Add(totals, l, up, down)
 		active[l]++
 	}
 	for _, r := range a.relays {

@@ -29,6 +29,8 @@ func TestAuditCloseShape(t *testing.T) {
 			[]string{`"bytes_to_resource":0`, `"bytes_from_resource":0`, `"duration_ms":0`}, nil},
 		{"close with bytes", AuditEvent{Event: "close", HC: "pg", BytesIn: 5, BytesOut: 7, DurationMS: 12},
 			[]string{`"bytes_to_resource":5`, `"bytes_from_resource":7`, `"duration_ms":12`}, nil},
+		{"http exchange with no body", AuditEvent{Event: "http", HC: "pg", Method: "GET", Status: 204, BytesOut: 0},
+			[]string{`"bytes_to_resource":0`, `"bytes_from_resource":0`, `"duration_ms":0`, `"status":204`}, nil},
 		{"deny", AuditEvent{Event: "deny", HC: "pg", Reason: "no"}, []string{`"reason":"no"`},
 			[]string{"bytes_to_resource", "bytes_from_resource", "duration_ms"}},
 	}

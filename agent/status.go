@@ -122,9 +122,10 @@ func (a *Agent) Status() Status {
 	}
 	st.Streams = []StreamStatus{}
 	for _, s := range streams {
+		up, down := s.counts()
 		st.Streams = append(st.Streams, StreamStatus{ID: s.ev.Stream, HC: s.hc, Relay: s.ev.Relay, Endpoint: s.endpoint,
 			Sender: s.ev.SenderAddr, SenderKey: s.ev.SenderKey, Since: s.since.UTC().Format(time.RFC3339),
-			BytesUp: s.joint.AToB.Load(), BytesDown: s.joint.BToA.Load()})
+			BytesUp: up, BytesDown: down})
 	}
 	return st
 }
