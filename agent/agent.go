@@ -22,6 +22,7 @@ import (
 
 	"github.com/hybridconn/hybrid/internal/buildinfo"
 	"github.com/hybridconn/hybrid/internal/endpoint"
+	"github.com/hybridconn/hybrid/internal/events"
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
@@ -83,6 +84,7 @@ type Agent struct {
 	rogue atomic.Int64
 	// httpc forwards HTTP-mode requests (httpmode.go); made on first use.
 	httpc atomic.Pointer[http.Client]
+	obs   observer // per-connection metrics and events (metrics.go)
 }
 
 // runner keeps one relay's control channel.
@@ -157,6 +159,8 @@ type liveStream struct {
 	target   string
 	endpoint string
 	ev       AuditEvent
+	joint    *stream.Joint // the copy, counting as it goes
+	since    time.Time
 }
 
 // cut ends the stream at once, both ways: resetting the resource side, so a
@@ -264,7 +268,7 @@ func (a *Agent) Apply(cfg *rules.Agent) error {
 		a.log.Warn("stream cut: no longer permitted", "hc", s.hc, "stream", s.ev.Stream, "endpoint", s.endpoint, "reason", reason)
 		ev := s.ev
 		ev.Event, ev.Reason = "revoke", reason
-		a.audit.Load().Record(ev)
+		a.record(ev)
 		a.revoked.Add(1)
 		s.cut()
 	}
@@ -432,6 +436,7 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 					return err
 				}
 				log.Error("relay refused to let us listen", "hc", conn.Name, "key_name", conn.KeyName, "error", err, "retry_in", retryAttach)
+				a.note(events.Denial, status.CodeOf(err).Reason(), conn.Name, c.String(), "relay refused to let us listen: "+err.Error())
 				attachedMu.Lock()
 				delete(attached, conn.Name)
 				attachedMu.Unlock()
@@ -529,6 +534,7 @@ func (a *Agent) session(ctx context.Context, c relayclient.Client, ep rules.Rela
 			case ev.Detached != nil:
 				d := ev.Detached
 				log.Error("relay ended our listening", "hc", d.HC, "error", d.Err, "retry_in", retryAttach)
+				a.note(events.Denial, status.CodeOf(d.Err).Reason(), d.HC, c.String(), fmt.Sprintf("relay ended our listening: %v", d.Err))
 				attachedMu.Lock()
 				delete(attached, d.HC)
 				attachedMu.Unlock()
@@ -568,6 +574,7 @@ func (a *Agent) dropped(relay string, d *relayclient.Dropped, log hclog.Logger) 
 	a.audit.Load().Record(AuditEvent{Event: "deny", HC: d.Accept.HC, Stream: d.Accept.ID.String(),
 		Target: d.Accept.Target, SenderKey: d.Accept.SenderKey, SenderAddr: d.Accept.SenderAddr, Relay: relay,
 		Reason: "rendezvous address refused: " + d.Reason})
+	a.note(events.Denial, "rogue_notice", d.Accept.HC, relay, "dropped an accept notice naming "+d.Address+": "+d.Reason)
 }
 
 // Authorize decides whether a stream for hc asking for target may be served,
@@ -673,7 +680,7 @@ func (a *Agent) admit(o offer, relay string, acc *relayclient.Accept, attached b
 		log.Warn("stream denied", "hc", acc.HC, "stream", acc.ID.String(), "target", acc.Target, "sender", acc.SenderAddr,
 			"sender_key", acc.SenderKey, "reason", serr.Msg)
 		ev.Event, ev.Reason = "deny", serr.Error()
-		a.audit.Load().Record(ev)
+		a.record(ev)
 		a.denied.Add(1)
 		o.refuse(serr.Code, serr.Msg)
 		return "", false
@@ -682,7 +689,7 @@ func (a *Agent) admit(o offer, relay string, acc *relayclient.Accept, attached b
 		a.busy.Add(1)
 		log.Warn("stream refused: agent busy", "hc", acc.HC, "stream", acc.ID.String(), "reason", err.Msg)
 		ev.Event, ev.Reason = "busy", err.Error()
-		a.audit.Load().Record(ev)
+		a.record(ev)
 		o.refuse(err.Code, err.Msg)
 		return "", false
 	}
@@ -741,7 +748,7 @@ func (a *Agent) serve(ctx context.Context, o offer, ep rules.RelayEndpoint, rela
 		msg := describeDialError(target, err)
 		log.Warn("resource unreachable", "hc", acc.HC, "stream", acc.ID.String(), "endpoint", target, "error", msg)
 		ev.Event, ev.Reason = "unreachable", msg
-		a.audit.Load().Record(ev)
+		a.record(ev)
 		a.unreachable.Add(1)
 		a.endpointFailed(acc.HC, target, msg)
 		o.refuse(status.Unreachable, msg)
@@ -765,7 +772,9 @@ func (a *Agent) serve(ctx context.Context, o offer, ep rules.RelayEndpoint, rela
 			return
 		}
 	}
-	ls := &liveStream{conn: up, res: res, hc: acc.HC, target: acc.Target, endpoint: target, ev: ev}
+	ls := &liveStream{conn: up, res: res, hc: acc.HC, target: acc.Target, endpoint: target, ev: ev,
+		joint: stream.NewJoint(up, res), since: time.Now()}
+	ls.joint.AToB.Add(int64(len(early))) // written above
 	if !a.track(ls) {
 		up.Close()
 		res.Close()
@@ -774,13 +783,13 @@ func (a *Agent) serve(ctx context.Context, o offer, ep rules.RelayEndpoint, rela
 	defer a.untrack(ls)
 	start := time.Now()
 	ev.Event = "open"
-	a.audit.Load().Record(ev)
+	a.record(ev)
 	a.opened.Add(1)
 	log.Debug("stream open", "hc", acc.HC, "stream", ev.Stream, "endpoint", target)
-	n := stream.Pipe(up, res)
-	ev.Event, ev.BytesIn, ev.BytesOut = "close", n.AToB+int64(len(early)), n.BToA
+	n := ls.joint.Run()
+	ev.Event, ev.BytesIn, ev.BytesOut = "close", n.AToB, n.BToA
 	ev.DurationMS = time.Since(start).Milliseconds()
-	a.audit.Load().Record(ev)
+	a.record(ev)
 	log.Debug("stream closed", "hc", acc.HC, "stream", ev.Stream, "to_resource", ev.BytesIn, "from_resource", ev.BytesOut)
 }
 
@@ -800,6 +809,7 @@ func (a *Agent) untrack(s *liveStream) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.streams, s)
+	a.finished(s)
 }
 
 // describeDialError says which way a dial failed: refused (port closed),

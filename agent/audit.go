@@ -25,9 +25,28 @@ type AuditEvent struct {
 	Method     string    `json:"method,omitempty"` // HTTP mode: the request's method,
 	Path       string    `json:"path,omitempty"`   // its target (path and query, as the relay gave it),
 	Status     int       `json:"status,omitempty"` // and the status answered
-	BytesIn    int64     `json:"bytes_to_resource,omitempty"`
-	BytesOut   int64     `json:"bytes_from_resource,omitempty"`
-	DurationMS int64     `json:"duration_ms,omitempty"`
+	// BytesIn, BytesOut and DurationMS belong to close lines (and the
+	// http lines of HTTP-mode exchanges), which always carry all three (0
+	// included); other lines leave them out.
+	BytesIn    int64 `json:"bytes_to_resource,omitempty"`
+	BytesOut   int64 `json:"bytes_from_resource,omitempty"`
+	DurationMS int64 `json:"duration_ms,omitempty"`
+}
+
+// MarshalJSON writes a close (or http) line with its bytes and duration
+// even when they are 0, so every such line has one shape; other lines
+// without them.
+func (e AuditEvent) MarshalJSON() ([]byte, error) {
+	type plain AuditEvent // without this method
+	if e.Event != "close" && e.Event != "http" {
+		return json.Marshal(plain(e))
+	}
+	return json.Marshal(struct {
+		plain
+		BytesIn    int64 `json:"bytes_to_resource"`
+		BytesOut   int64 `json:"bytes_from_resource"`
+		DurationMS int64 `json:"duration_ms"`
+	}{plain(e), e.BytesIn, e.BytesOut, e.DurationMS})
 }
 
 // Audit appends one JSON line per event to a file. A nil *Audit records

@@ -164,11 +164,10 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 	}
 	ev := AuditEvent{Event: "http", HC: req.HC, Stream: req.ID, Method: req.Method, Path: req.Target,
 		SenderKey: req.Header.Get(senderKeyHeader), SenderAddr: req.SenderAddr, Relay: relay}
-	audit := a.audit.Load()
 	refuse := func(event string, code int, why string) {
 		log.Warn("http request refused", "method", req.Method, "target", clipText(req.Target), "reason", why)
 		ev.Event, ev.Status, ev.Reason = event, code, why
-		audit.Record(ev)
+		a.record(ev)
 		a.denied.Add(1)
 		req.Respond(ctx, code, "", http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, strings.NewReader(why+"\n"))
 	}
@@ -219,7 +218,7 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 	}
 	httphdr.EndToEnd(hreq.Header, req.Header)
 	hreq.Header.Del(senderKeyHeader)
-	ls := &liveStream{conn: cancelCloser(cancel), hc: req.HC, endpoint: ep, ev: ev}
+	ls := &liveStream{conn: cancelCloser(cancel), hc: req.HC, endpoint: ep, ev: ev, since: start}
 	if !a.track(ls) {
 		refuse("deny", http.StatusForbidden, "no longer published")
 		return
@@ -234,7 +233,7 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 		log.Warn("http endpoint unreachable", "endpoint", conn.HTTP, "error", msg)
 		ev.Event, ev.Reason, ev.Status = "unreachable", msg, http.StatusServiceUnavailable
 		ev.BytesIn = in.n.Load()
-		audit.Record(ev)
+		a.record(ev)
 		a.unreachable.Add(1)
 		// 502 and 504 are the relay's to send (Azure forbids them to
 		// listeners): an unreachable resource is 503.
@@ -255,6 +254,6 @@ func (a *Agent) serveHTTP(ctx context.Context, relay string, req *relayclient.Re
 		ev.Reason = "response not delivered: " + err.Error()
 		log.Warn("http response not delivered to the relay", "error", err)
 	}
-	audit.Record(ev)
+	a.record(ev)
 	log.Debug("http request served", "method", req.Method, "url", u.Redacted(), "status", resp.StatusCode, "bytes_out", ev.BytesOut)
 }

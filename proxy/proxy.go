@@ -48,7 +48,7 @@ type Proxy struct {
 	mappings   map[string]*mapping // by listen address
 	socks      *socksListener      // nil when proxy.socks is unset
 	hosts      *hostsPlan          // the hosts file block as last written; nil when none
-	streams    map[net.Conn]struct{}
+	streams    map[net.Conn]*flow
 	handshakes map[net.Conn]struct{} // SOCKS connections not yet carrying a stream
 	loops      sync.WaitGroup        // accept loops
 	wg         sync.WaitGroup        // forwards and SOCKS connections
@@ -65,6 +65,7 @@ type Proxy struct {
 	socksBad, socksBusy atomic.Int64
 	// socksFails limits wrong SOCKS passwords per client address.
 	socksFails *limit.Failures
+	obs        observer // per-connection metrics and events (metrics.go)
 }
 
 // mapping is one listening port and the connection it currently forwards to;
@@ -76,7 +77,7 @@ type mapping struct {
 
 // New prepares a proxy; it does not listen yet.
 func New(cfg *rules.Proxy, log hclog.Logger) (*Proxy, error) {
-	p := &Proxy{log: log, mappings: map[string]*mapping{}, streams: map[net.Conn]struct{}{},
+	p := &Proxy{log: log, mappings: map[string]*mapping{}, streams: map[net.Conn]*flow{},
 		handshakes: map[net.Conn]struct{}{}, socksFails: limit.NewFailures()}
 	p.openStream = p.Open
 	p.socksTime = SocksHandshakeTimeout
@@ -391,7 +392,8 @@ func (p *Proxy) acceptLoop(ctx context.Context, m *mapping) {
 // app has sent already goes with the OPEN, so it needs no round trip.
 func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnection) {
 	log := p.log.With("hc", c.Name, "app", app.RemoteAddr().String())
-	up, err := p.openStream(ctx, c, readyBytes(app))
+	early := readyBytes(app)
+	up, err := p.openStream(ctx, c, early)
 	if err != nil {
 		p.refused.Add(1)
 		log.Error("stream refused", "error", err)
@@ -404,17 +406,19 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 		return
 	}
 	p.opened.Add(1)
+	j := stream.NewJoint(app, up)
+	j.AToB.Add(int64(len(early))) // sent with the open
 	p.mu.Lock()
-	p.streams[app] = struct{}{}
+	p.streams[app] = newFlow(c.Name, app, &j.AToB, &j.BToA)
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
-		delete(p.streams, app)
+		p.dropStreamLocked(app)
 		p.mu.Unlock()
 	}()
 	start := time.Now()
 	log.Debug("stream open")
-	n := stream.Pipe(app, up)
+	n := j.Run()
 	log.Debug("stream closed", "up", n.AToB, "down", n.BToA, "duration", time.Since(start).Round(time.Millisecond))
 }
 
@@ -423,5 +427,8 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 // order, moving to the next relay at once when one fails (see
 // relaySet.open).
 func (p *Proxy) Open(ctx context.Context, c *rules.ProxyConnection, early []byte) (net.Conn, error) {
-	return p.relays.Load().open(ctx, c, early)
+	start := time.Now()
+	conn, err := p.relays.Load().open(ctx, c, early)
+	p.observeOpen(c.Name, start, err)
+	return conn, err
 }

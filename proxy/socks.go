@@ -196,7 +196,7 @@ func (p *Proxy) serveSocks(ctx context.Context, raw net.Conn) {
 		raw.Close()
 		p.mu.Lock()
 		delete(p.handshakes, raw)
-		delete(p.streams, raw)
+		p.dropStreamLocked(raw)
 		p.mu.Unlock()
 	}()
 	raw.SetDeadline(time.Now().Add(p.socksTime))
@@ -261,11 +261,13 @@ func (r socksRules) Allow(ctx context.Context, req *socks5.Request) (context.Con
 		cmd := map[uint8]string{socks5.BindCommand: "BIND", socks5.AssociateCommand: "UDP ASSOCIATE"}[req.Command]
 		r.log.Info("socks: refused: only CONNECT is supported", "command", cmd, "reply", socksCommandNotSupported)
 		r.p.refused.Add(1)
+		r.p.refusedUnmatched(r.conn.RemoteAddr().String(), "unsupported_command", "SOCKS "+cmd+" is not supported, only CONNECT")
 		return ctx, true
 	}
 	c, target, hint := matchSocks(r.p.cfg.Load(), req.DestAddr)
 	if c == nil {
 		r.p.refused.Add(1)
+		r.p.refusedUnmatched(r.conn.RemoteAddr().String(), "no_connection", "SOCKS CONNECT to "+target+": no connection publishes this target")
 		args := []any{"target", target, "reply", socksNotAllowed}
 		if hint != "" {
 			args = append(args, "hint", hint)
@@ -341,6 +343,11 @@ func (p *Proxy) socksDial(runCtx, ctx context.Context, conn *socksConn, log hclo
 		conn.reply(code)
 		return nil, fmt.Errorf("%s: %w", socksReplyNames[code], err)
 	}
+	local, ok := conn.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		local = &net.TCPAddr{IP: net.IPv4zero}
+	}
+	ss := &socksStream{Conn: up, local: local}
 	p.mu.Lock()
 	if !p.running {
 		p.mu.Unlock()
@@ -349,15 +356,11 @@ func (p *Proxy) socksDial(runCtx, ctx context.Context, conn *socksConn, log hclo
 		return nil, errors.New("socks: the proxy is stopping")
 	}
 	delete(p.handshakes, conn.Conn)
-	p.streams[conn.Conn] = struct{}{}
+	p.streams[conn.Conn] = newFlow(c.Name, conn.Conn, &ss.up, &ss.down)
 	p.mu.Unlock()
 	p.opened.Add(1)
 	log.Debug("socks: stream open")
-	local, ok := conn.LocalAddr().(*net.TCPAddr)
-	if !ok {
-		local = &net.TCPAddr{IP: net.IPv4zero}
-	}
-	return &socksStream{Conn: up, local: local}, nil
+	return ss, nil
 }
 
 // socksConn is the client's connection as go-socks5 sees it. Once we have
@@ -397,10 +400,26 @@ func (c *socksConn) reply(code socksReply) {
 // which is also the most useful BND.ADDR to tell the client.
 type socksStream struct {
 	net.Conn
-	local *net.TCPAddr
+	local    *net.TCPAddr
+	up, down atomic.Int64 // bytes written to and read from the relay so far
 }
 
 func (s *socksStream) LocalAddr() net.Addr { return s.local }
+
+// Read counts what comes back from the relay (go-socks5 copies with Read
+// and Write: the counts run with the stream).
+func (s *socksStream) Read(b []byte) (int, error) {
+	n, err := s.Conn.Read(b)
+	s.down.Add(int64(n))
+	return n, err
+}
+
+// Write counts what goes to the relay.
+func (s *socksStream) Write(b []byte) (int, error) {
+	n, err := s.Conn.Write(b)
+	s.up.Add(int64(n))
+	return n, err
+}
 
 // CloseWrite passes go-socks5's half-close on to the stream.
 func (s *socksStream) CloseWrite() error {

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/hybridconn/hybrid/internal/limit"
+	"github.com/hybridconn/hybrid/internal/relaytest"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/rules"
 )
@@ -139,27 +140,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 
 // echoServer is a TCP echo resource; dialing it is what a successful open
 // returns.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
+func echoServer(t *testing.T) string { return relaytest.Echo(t) }
 
 func dialEcho(addr string) opener {
 	return func(*rules.ProxyConnection) (net.Conn, error) { return net.Dial("tcp", addr) }

@@ -230,6 +230,8 @@ type Core struct {
 	// receives a join, a park or a rendezvous for one can tell whose it is.
 	fleet  Fleet
 	prefix [4]byte
+
+	obs observer // per-connection metrics, events, access lines (metrics.go)
 }
 
 // Fleet is what the core needs of a relay fleet (relay/fleet provides it,
@@ -960,6 +962,7 @@ func (c *Core) authorize(hc, token string, need sas.Rights, remote string) (Gran
 		return m, nil
 	}
 	c.stats.AuthFailures.Add(1)
+	c.denied(hc, need, remote, err)
 	v := c.fails.Fail(remote)
 	if v.Log {
 		c.log.Warn("authentication failed", "hc", hc, "need", need.String(), "remote", remote, "error", err,

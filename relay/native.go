@@ -225,7 +225,9 @@ func (d *nativeDoor) open(ctx context.Context, conn net.Conn, remote string, f *
 	req := OpenRequest{HC: f.HC, Token: f.Token, Target: f.Target, Remote: remote,
 		Early: f.Early, Session: SessionID(f.Session),
 		Progress: func() { writeFrame(conn, &wire.Progress{}) }}
+	start := time.Now()
 	pr, err := d.core.Open(ctx, req)
+	d.core.observeOpen(f.HC, remote, start, err)
 	if err != nil {
 		d.core.stats.StreamsFailed.Add(1)
 		d.log.Warn("stream refused", "hc", f.HC, "target", f.Target, "remote", remote, "error", err)

@@ -48,6 +48,13 @@ func startRelay(t *testing.T) *testRelay { return startRelayWith(t, nil) }
 // and a chance to change the configuration.
 func startRelayWith(t testing.TB, edit func(*rules.Relay), extra ...string) *testRelay {
 	t.Helper()
+	return serveTestRelay(t, hclog.NewNullLogger(), nil, edit, extra...)
+}
+
+// serveTestRelay is startRelayWith with a logger, and a setup function
+// (when not nil) called before the relay serves.
+func serveTestRelay(t testing.TB, log hclog.Logger, setup func(*Server), edit func(*rules.Relay), extra ...string) *testRelay {
+	t.Helper()
 	keys := []rules.Key{
 		{Name: "apps", Rights: []string{"send"}, Primary: sendKey},
 		{Name: "onprem", Rights: []string{"listen"}, Primary: listenKey},
@@ -63,11 +70,14 @@ func startRelayWith(t testing.TB, edit func(*rules.Relay), extra ...string) *tes
 	}
 	l := &Listeners{Control: lis(t), Data: lis(t), HTTP: lis(t)}
 	cfg.Listen = rules.RelayListen{Control: l.Control.Addr().String(), Data: l.Data.Addr().String(), HTTP: l.HTTP.Addr().String()}
-	srv, err := New(cfg, hclog.NewNullLogger())
+	srv, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Grace = time.Second
+	if setup != nil {
+		setup(srv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &testRelay{srv: srv, cancel: cancel, done: make(chan error, 1),
 		ep: relayclient.Endpoint{Host: "127.0.0.1", Control: port(l.Control), Data: port(l.Data), HTTP: port(l.HTTP), Namespace: ns}}

@@ -45,6 +45,7 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 	c.streams[st] = struct{}{}
 	c.streamWG.Add(1)
 	c.mu.Unlock()
+	aborted := "" // why the stream ended before it started, if it did
 	defer func() {
 		c.mu.Lock()
 		delete(c.streams, st)
@@ -52,12 +53,14 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 		pr.agentSession.addActive(-1)
 		c.stats.BytesUp.Add(joint.AToB.Load())
 		c.stats.BytesDown.Add(joint.BToA.Load())
+		c.streamEnded(st, &sender, &agent, aborted)
 		c.streamWG.Done()
 	}()
 
 	fail := func(what string, err error) {
 		c.log.Debug(what, "hc", pr.HC, "stream", pr.ID.String(), "error", err)
 		c.stats.StreamsFailed.Add(1)
+		aborted = what
 		sender.Conn.Close()
 		agent.abort()
 	}
@@ -85,6 +88,7 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 		}
 	}
 	c.stats.StreamsOpened.Add(1)
+	c.streamStarted(st, sender.Addr, agent.Addr, len(pr.early))
 	if agent.Serve != nil {
 		agent.Serve(joint.CopyBToA)
 	} else {

@@ -415,8 +415,10 @@ func (d *wsDoor) connect(w http.ResponseWriter, r *http.Request, hc, suffix, tok
 		az.Tracking = t
 	}
 	target := r.Header.Get(HeaderTarget)
+	start := time.Now()
 	pr, err := d.core.Open(d.ctx, OpenRequest{HC: hc, Token: token, Target: target, Remote: remote,
 		Headers: connectHeaders(r.Header), Azure: az})
+	d.core.observeOpen(hc, remote, start, err)
 	if err != nil {
 		d.core.stats.StreamsFailed.Add(1)
 		d.log.Warn("stream refused", "hc", hc, "target", target, "remote", remote, "tracking", az.Tracking, "error", err, "door", "websocket")
@@ -444,6 +446,7 @@ func (d *wsDoor) connect(w http.ResponseWriter, r *http.Request, hc, suffix, tok
 	}) {
 		pr.Abort()
 		d.core.stats.StreamsFailed.Add(1)
+		d.core.openAborted(hc)
 	}
 }
 

@@ -63,6 +63,9 @@ type WatchOptions struct {
 	// Sections limits each re-read to the sections the process runs (see
 	// ParseSections); empty means all.
 	Sections []string
+	// OnFailure, if set, is called with the message of each refused reload
+	// (as counted in WatchStats.Failed), after it is recorded.
+	OnFailure func(msg string)
 }
 
 // Apply is called with each new valid snapshot; it returns an error when the
@@ -108,6 +111,7 @@ type Watcher struct {
 	poll     time.Duration
 	log      hclog.Logger
 	sections []string
+	onFail   func(msg string)
 
 	// newNotify creates the fsnotify watcher; tests replace it.
 	newNotify func() (*fsnotify.Watcher, error)
@@ -144,6 +148,7 @@ func NewWatcher(path string, initial *Config, apply Apply, opts WatchOptions) *W
 		poll:      opts.Poll,
 		log:       opts.Logger,
 		sections:  opts.Sections,
+		onFail:    opts.OnFailure,
 		newNotify: fsnotify.NewWatcher,
 		reqs:      make(chan struct{}, 1),
 	}
@@ -520,11 +525,14 @@ func (w *Watcher) refused(key string, force bool) bool {
 
 func (w *Watcher) fail(msg, key string) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.stats.Failed++
 	w.stats.LastError = msg
 	w.stats.LastErrorTime = time.Now()
 	w.failedAs = key
+	w.mu.Unlock()
+	if w.onFail != nil {
+		w.onFail(msg)
+	}
 }
 
 // callApply calls apply, turning a panic into an error: a role that cannot

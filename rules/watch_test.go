@@ -421,7 +421,13 @@ func TestWatchInvalid(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "hybrid.yaml")
 			writeFile(t, path, valid)
-			wt := startWatcher(t, path, WatchOptions{Debounce: 50 * time.Millisecond, Poll: time.Hour}, nil)
+			var failMu sync.Mutex
+			var failures []string // what OnFailure was told
+			wt := startWatcher(t, path, WatchOptions{Debounce: 50 * time.Millisecond, Poll: time.Hour, OnFailure: func(msg string) {
+				failMu.Lock()
+				defer failMu.Unlock()
+				failures = append(failures, msg)
+			}}, nil)
 			before := wt.w.Current()
 
 			renameOver(t, path, tc.content)
@@ -450,6 +456,11 @@ func TestWatchInvalid(t *testing.T) {
 			if st := wt.w.Stats(); st.Failed != 1 {
 				t.Errorf("same bad content counted again: %+v", st)
 			}
+			failMu.Lock()
+			if len(failures) != 1 || !strings.Contains(failures[0], tc.want) {
+				t.Errorf("OnFailure told %q, want once %q", failures, tc.want)
+			}
+			failMu.Unlock()
 
 			// Fixing the file applies the fix.
 			renameOver(t, path, watchConfig("a", "fixed"))

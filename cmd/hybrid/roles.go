@@ -18,7 +18,9 @@ import (
 	"github.com/hybridconn/hybrid"
 	"github.com/hybridconn/hybrid/agent"
 	"github.com/hybridconn/hybrid/internal/admin"
+	"github.com/hybridconn/hybrid/internal/events"
 	"github.com/hybridconn/hybrid/internal/logging"
+	"github.com/hybridconn/hybrid/internal/statuspage"
 	"github.com/hybridconn/hybrid/proxy"
 	"github.com/hybridconn/hybrid/relay"
 	"github.com/hybridconn/hybrid/relay/fleet"
@@ -194,6 +196,7 @@ func roleCommand(use string) *cobra.Command {
 				log.Warn(w.Error())
 			}
 			ad := admin.New()
+			ad.SetPage(statuspage.New(ad))
 			roles, err := buildRoles(cfg, section, log, ad)
 			if err != nil {
 				return err
@@ -358,7 +361,9 @@ func runRoles(ctx context.Context, cfg *rules.Config, sections []string, roles [
 	if cfg.File != rules.EmbeddedFile && cfg.File != rules.FlagsFile {
 		w := rules.NewWatcher(cfg.File, cfg, func(next *rules.Config) error {
 			return applyAll(next, roles, log)
-		}, rules.WatchOptions{Logger: log.Named("config"), Sections: sections})
+		}, rules.WatchOptions{Logger: log.Named("config"), Sections: sections, OnFailure: func(msg string) {
+			ad.Events().Add(events.Event{Kind: events.ReloadError, Source: "config", Msg: msg})
+		}})
 		registerWatcher(ad, w)
 		wg.Add(2)
 		go func() {

@@ -283,6 +283,13 @@ func printStatus(w io.Writer, base string, body []byte) error {
 		fmt.Fprintf(w, "  relay %s: %s, %s active; opened %d, failed %d, auth failures %d\n",
 			r.Namespace, plural(len(r.Agents), "agent"), plural(r.StreamsActive, "stream"),
 			r.Counters["streams_opened"], r.Counters["streams_failed"], r.Counters["auth_failures"])
+		for _, c := range r.Connections {
+			agents := "NO agent listening"
+			if len(c.Agents) > 0 {
+				agents = "agents " + strings.Join(c.Agents, ", ")
+			}
+			fmt.Fprintf(w, "    connection %s: %s; %s active\n", c.Name, agents, plural(c.StreamsActive, "stream"))
+		}
 		for _, a := range r.Agents {
 			fmt.Fprintf(w, "    agent %s (%s) listening for %s\n", a.Agent, a.Remote, strings.Join(a.Listening, ", "))
 		}

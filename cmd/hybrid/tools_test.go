@@ -215,7 +215,9 @@ func closedAddr(t *testing.T) string {
 
 func TestStatus(t *testing.T) {
 	doc := `{"uptime_seconds": 5, "relay": {"namespace": "ns", "agents": [{"agent": "a1", "remote": "127.0.0.1:1", "listening": ["pg"]}],
-	  "streams_active": 1, "counters": {"streams_opened": 3}}, "config": {"file": "h.yaml", "reloads_succeeded": 1, "reloads_failed": 0}}`
+	  "streams_active": 1, "counters": {"streams_opened": 3},
+	  "connections": [{"name": "mssql", "agents": []}, {"name": "pg", "listeners": 1, "agents": ["a1"], "streams_active": 1}]},
+	  "config": {"file": "h.yaml", "reloads_succeeded": 1, "reloads_failed": 0}}`
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
 			http.NotFound(w, r)
@@ -236,7 +238,8 @@ func TestStatus(t *testing.T) {
 		stdout, stderr []string // each must appear
 	}{
 		{"host:port without scheme", []string{"status", "--url", host}, 0,
-			[]string{srv.URL + " (up 5s)", "relay ns: 1 agent, 1 stream active", "config h.yaml: 1 reload applied, 0 failed"}, nil},
+			[]string{srv.URL + " (up 5s)", "relay ns: 1 agent, 1 stream active", "config h.yaml: 1 reload applied, 0 failed",
+				"    connection mssql: NO agent listening; 0 streams active\n", "    connection pg: agents a1; 1 stream active\n"}, nil},
 		{"down", []string{"status", "--url", down}, exitRuntime, nil,
 			[]string{"hybrid: status: http://" + down + ": connection refused\n", "hint: is a role running there?"}},
 		{"not a status endpoint", []string{"status", "--url", notFound.URL}, exitRuntime, nil,

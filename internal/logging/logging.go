@@ -9,6 +9,7 @@ import (
 	"log"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -35,7 +36,8 @@ type Root struct {
 	out io.Writer
 
 	mu     sync.Mutex
-	sink   hclog.SinkAdapter
+	sink   hclog.SinkAdapter // registered: inner, behind durations
+	inner  hclog.Logger      // the sink that writes
 	level  string
 	format string
 }
@@ -75,21 +77,38 @@ func (r *Root) Set(level, format string) error {
 		return nil
 	}
 	if r.sink != nil && format == r.format {
-		r.sink.(hclog.Logger).SetLevel(lv)
+		r.inner.SetLevel(lv)
 	} else {
-		sink := hclog.NewSinkAdapter(&hclog.LoggerOptions{
+		inner := hclog.NewSinkAdapter(&hclog.LoggerOptions{
 			Output:     r.out,
 			Level:      lv,
 			JSONFormat: format == "json",
 			TimeFormat: "2006-01-02T15:04:05.000Z0700",
 			Color:      hclog.ColorOff,
 		})
+		sink := durations{inner}
 		r.RegisterSink(sink)
 		if r.sink != nil {
 			r.DeregisterSink(r.sink)
 		}
-		r.sink = sink
+		r.sink, r.inner = sink, inner.(hclog.Logger)
 	}
 	r.level, r.format = level, format
 	return nil
+}
+
+// durations is a sink that writes every time.Duration value as its
+// String() ("1.5s", "250ms"): hclog's text format does so already, but its
+// JSON format would write raw nanoseconds.
+type durations struct{ hclog.SinkAdapter }
+
+// Accept implements hclog.SinkAdapter. args is the intercept logger's own
+// copy, so it may be changed in place.
+func (d durations) Accept(name string, level hclog.Level, msg string, args ...interface{}) {
+	for i := 1; i < len(args); i += 2 {
+		if v, ok := args[i].(time.Duration); ok {
+			args[i] = v.String()
+		}
+	}
+	d.SinkAdapter.Accept(name, level, msg, args...)
 }

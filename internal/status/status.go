@@ -54,6 +54,32 @@ func (c Code) String() string {
 	return fmt.Sprintf("code %d", uint8(c))
 }
 
+var reasons = [...]string{
+	OK:           "ok",
+	BadRequest:   "bad_request",
+	Unauthorized: "unauthorized",
+	Forbidden:    "forbidden",
+	NotFound:     "not_found",
+	NoListener:   "no_listener",
+	Refused:      "refused",
+	Unreachable:  "unreachable",
+	Timeout:      "timeout",
+	Busy:         "busy",
+	Version:      "version",
+	Internal:     "internal",
+	ShuttingDown: "shutting_down",
+}
+
+// Reason returns the code's name as a metric label value: lower case,
+// words joined by "_" ("no_listener", "unauthorized"). Unknown codes give
+// "internal", so a label's values stay a fixed set.
+func (c Code) Reason() string {
+	if int(c) < len(reasons) {
+		return reasons[c]
+	}
+	return "internal"
+}
+
 // Valid reports whether c is a known code.
 func (c Code) Valid() bool { return int(c) < len(names) }
 

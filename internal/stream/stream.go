@@ -28,8 +28,11 @@ type Counts struct {
 // Pipe calls io.Copy on a and b themselves: when both are *net.TCPConn, Linux
 // moves the bytes with splice(2), without copying them through user space.
 // Callers must therefore pass the raw connections, not wrappers.
-func Pipe(a, b net.Conn) Counts {
-	j := NewJoint(a, b)
+func Pipe(a, b net.Conn) Counts { return NewJoint(a, b).Run() }
+
+// Run copies both ways, as Pipe does, on this goroutine and one it starts,
+// until both directions have ended. Meanwhile AToB and BToA count.
+func (j *Joint) Run() Counts {
 	go j.CopyBToA()
 	j.CopyAToB()
 	<-j.Done()
@@ -233,6 +236,7 @@ type Joint struct {
 	a, b net.Conn
 	once sync.Once
 	left atomic.Int32
+	cut  atomic.Bool
 	done chan struct{}
 	AToB atomic.Int64 // bytes copied so far, a to b (updated at least every countChunk)
 	BToA atomic.Int64 // bytes copied so far, b to a
@@ -263,11 +267,15 @@ func (j *Joint) Abort() {
 // are reset, so each peer learns the stream was cut rather than ended (an
 // orderly close would read as a half-close and leave the far side waiting).
 func (j *Joint) Close() {
+	j.cut.Store(true)
 	j.once.Do(func() {
 		Reset(j.a)
 		Reset(j.b)
 	})
 }
+
+// Cut reports whether Close ended the stream, rather than its two sides.
+func (j *Joint) Cut() bool { return j.cut.Load() }
 
 // Reset closes c with a TCP reset rather than an orderly close, when c is
 // (or wraps) a TCP connection. The TCP connection is closed first, so a TLS
