@@ -13,18 +13,31 @@ import (
 	"os/exec"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
 
 // benchMeasure is one row of the tables.
 type benchMeasure struct {
-	Key, Label, Unit string
+	Key, Name, Unit string
 	// Higher is true when a higher figure is better.
 	Higher bool
 	// Prec is the number of decimals printed.
 	Prec int
 }
+
+// label is the row's heading: the name, and the unit unless the name
+// holds it.
+func (m benchMeasure) label() string {
+	if strings.Contains(m.Name, m.Unit) {
+		return m.Name
+	}
+	return m.Name + ", " + m.Unit
+}
+
+// format prints v with the measure's decimals.
+func (m benchMeasure) format(v float64) string { return strconv.FormatFloat(v, 'f', m.Prec, 64) }
 
 // benchMeasures are the rows, in print order.
 func benchMeasures() []benchMeasure {
@@ -33,13 +46,13 @@ func benchMeasures() []benchMeasure {
 		{"down1", "Gbit/s down, 1 stream", "Gbit/s", true, 2},
 		{"up4", "Gbit/s up, 4 streams", "Gbit/s", true, 2},
 		{"down4", "Gbit/s down, 4 streams", "Gbit/s", true, 2},
-		{"connect_p50", "connect+echo p50, µs", "µs", false, 0},
-		{"connect_p99", "connect+echo p99, µs", "µs", false, 0},
-		{"conn_rate", "conn/s, 20 workers", "1/s", true, 0},
-		{"rtt_p50", "1-byte RTT p50, µs", "µs", false, 1},
-		{"rtt_p99", "1-byte RTT p99, µs", "µs", false, 1},
-		{"rss", "RSS/idle stream, KiB", "KiB", false, 1},
-		{"kernel", "kernel/idle stream, KiB", "KiB", false, 1},
+		{"connect_p50", "connect+echo p50", "µs", false, 0},
+		{"connect_p99", "connect+echo p99", "µs", false, 0},
+		{"conn_rate", "conn/s, 20 workers", "conn/s", true, 0},
+		{"rtt_p50", "1-byte RTT p50", "µs", false, 1},
+		{"rtt_p99", "1-byte RTT p99", "µs", false, 1},
+		{"rss", "RSS per idle stream", "KiB", false, 1},
+		{"kernel", "kernel per idle stream", "KiB", false, 1},
 	}
 }
 
@@ -84,7 +97,7 @@ func (r *benchRun) report() {
 			live = append(live, s)
 		}
 	}
-	const lw, cw = 25, 11
+	const lw, cw = 28, 11
 	header := func(title string) {
 		fmt.Printf("\n%-*s", lw, title)
 		for _, s := range live {
@@ -94,11 +107,11 @@ func (r *benchRun) report() {
 	}
 	header(fmt.Sprintf("median of %d (%s)", r.settings.Rounds, r.settings.Name))
 	for _, m := range benchMeasures() {
-		fmt.Printf("%-*s", lw, m.Label)
+		fmt.Printf("%-*s", lw, m.label())
 		for _, s := range live {
 			cell := "–"
 			if v, ok := r.median(s.Key, m.Key); ok {
-				cell = fmt.Sprintf("%.*f", m.Prec, v)
+				cell = m.format(v)
 			}
 			fmt.Printf(" %*s", cw, cell)
 		}
@@ -109,7 +122,7 @@ func (r *benchRun) report() {
 		if m.Key == "rss" {
 			continue
 		}
-		fmt.Printf("%-*s", lw, m.Label)
+		fmt.Printf("%-*s", lw, m.label())
 		for _, s := range live {
 			cell := "–"
 			if v, ok := r.ratio(s.Key, m.Key); ok {
@@ -167,11 +180,16 @@ type benchRef struct {
 func (r *benchRun) targets() []benchTarget {
 	var ts []benchTarget
 	add := func(setup, what, figure, status string) {
-		name := setup
-		if s := r.setupByKey(setup); s != nil {
-			name = s.Name
+		for _, s := range r.setups {
+			if s.Key != setup {
+				continue
+			}
+			if s.Skipped != "" {
+				figure, status = "not run: "+s.Skipped, "N/A"
+			}
+			ts = append(ts, benchTarget{Setup: s.Name, What: what, Figure: figure, Status: status})
 		}
-		ts = append(ts, benchTarget{Setup: name, What: what, Figure: figure, Status: status})
+		// A setup left out by BENCH_SETUPS has no targets.
 	}
 	verdict := func(ok bool) string {
 		if ok {
@@ -187,7 +205,7 @@ func (r *benchRun) targets() []benchTarget {
 		if m.Higher {
 			op = "≥"
 		}
-		what := fmt.Sprintf("%s %s %.2gx direct", m.Label, op, limit)
+		what := fmt.Sprintf("%s %s %sx direct", m.Name, op, strconv.FormatFloat(limit, 'f', -1, 64))
 		v, ok := r.median(setup, measure)
 		q, okq := r.ratio(setup, measure)
 		if !ok || !okq {
@@ -198,31 +216,31 @@ func (r *benchRun) targets() []benchTarget {
 		if m.Higher {
 			ok = q >= limit
 		}
-		add(setup, what, fmt.Sprintf("%.*f %s = %.2fx", m.Prec, v, m.Unit, q), verdict(ok))
+		add(setup, what, fmt.Sprintf("%s %s = %.2fx", m.format(v), m.Unit, q), verdict(ok))
 	}
 	// atMost: the setup's figure at most limit in the measure's unit.
 	atMost := func(setup, measure string, limit float64) {
 		m := benchMeasureByKey(measure)
-		what := fmt.Sprintf("%s ≤ %.0f", m.Label, limit)
+		what := fmt.Sprintf("%s ≤ %.0f %s", m.Name, limit, m.Unit)
 		v, ok := r.median(setup, measure)
 		if !ok {
 			add(setup, what, "not measured", "N/A")
 			return
 		}
-		add(setup, what, fmt.Sprintf("%.*f %s", m.Prec, v, m.Unit), verdict(v <= limit))
+		add(setup, what, fmt.Sprintf("%s %s", m.format(v), m.Unit), verdict(v <= limit))
 	}
 	info := func(setup, measure string) {
 		m := benchMeasureByKey(measure)
 		v, ok := r.median(setup, measure)
 		if !ok {
-			add(setup, m.Label+" (reported)", "not measured", "N/A")
+			add(setup, m.Name+" (reported)", "not measured", "N/A")
 			return
 		}
-		fig := fmt.Sprintf("%.*f %s", m.Prec, v, m.Unit)
+		fig := fmt.Sprintf("%s %s", m.format(v), m.Unit)
 		if q, ok := r.ratio(setup, measure); ok && measure != "kernel" {
 			fig += fmt.Sprintf(" = %.2fx", q)
 		}
-		add(setup, m.Label+" (reported)", fig, "INFO")
+		add(setup, m.Name+" (reported)", fig, "INFO")
 	}
 	tput := []string{"up1", "down1", "up4", "down4"}
 
@@ -306,47 +324,42 @@ func (r *benchRun) manyTarget(add func(setup, what, figure, status string), verd
 // (throughput, connect and conn/s as ratios to that run's direct; RTT and
 // RSS as they were).
 func (r *benchRun) aheadTarget(add func(setup, what, figure, status string), verdict func(bool) string, setup string, ref benchRef) {
+	// cmp is one figure of ours beside theirs, as text if we are behind.
 	type cmp struct {
-		label       string
+		m           benchMeasure
 		ours, their float64
-		higher      bool
-		unit        string
+		ratio       bool // both are ratios to direct
 	}
 	var cs []cmp
-	get := func(measure string, ratio bool) (float64, bool) {
-		if ratio {
-			return r.ratio(setup, measure)
-		}
-		return r.median(setup, measure)
-	}
 	source := "issue 11's figures"
 	if ref.Name == "ssh -L" && r.setupByKey("ssh") != nil {
 		source = "this run"
-		for _, m := range []string{"up1", "down1", "connect_p50", "conn_rate", "rtt_p50", "rss"} {
-			bm := benchMeasureByKey(m)
-			o, ok1 := r.median(setup, m)
-			th, ok2 := r.median("ssh", m)
+		for _, key := range []string{"up1", "down1", "connect_p50", "conn_rate", "rtt_p50", "rss"} {
+			o, ok1 := r.median(setup, key)
+			th, ok2 := r.median("ssh", key)
 			if ok1 && ok2 {
-				cs = append(cs, cmp{bm.Label, o, th, bm.Higher, bm.Unit})
+				cs = append(cs, cmp{benchMeasureByKey(key), o, th, false})
 			}
 		}
 	} else {
 		for _, c := range []struct {
-			measure string
-			ratio   bool
-			their   float64
-			unit    string
+			key   string
+			ratio bool
+			their float64
 		}{
-			{"up1", true, ref.Gbps / ref.DirectGbps, "x"},
-			{"down1", true, ref.Gbps / ref.DirectGbps, "x"},
-			{"connect_p50", true, ref.Connect / ref.DirectConn, "x"},
-			{"conn_rate", true, ref.Rate / ref.DirectRate, "x"},
-			{"rtt_p50", false, ref.RTT, "µs"},
-			{"rss", false, ref.RSS, "KiB"},
+			{"up1", true, ref.Gbps / ref.DirectGbps},
+			{"down1", true, ref.Gbps / ref.DirectGbps},
+			{"connect_p50", true, ref.Connect / ref.DirectConn},
+			{"conn_rate", true, ref.Rate / ref.DirectRate},
+			{"rtt_p50", false, ref.RTT},
+			{"rss", false, ref.RSS},
 		} {
-			bm := benchMeasureByKey(c.measure)
-			if o, ok := get(c.measure, c.ratio); ok {
-				cs = append(cs, cmp{bm.Label, o, c.their, bm.Higher, c.unit})
+			o, ok := r.median(setup, c.key)
+			if c.ratio {
+				o, ok = r.ratio(setup, c.key)
+			}
+			if ok {
+				cs = append(cs, cmp{benchMeasureByKey(c.key), o, c.their, c.ratio})
 			}
 		}
 	}
@@ -357,8 +370,13 @@ func (r *benchRun) aheadTarget(add func(setup, what, figure, status string), ver
 	}
 	var behind []string
 	for _, c := range cs {
-		if c.higher && c.ours <= c.their || !c.higher && c.ours >= c.their {
-			behind = append(behind, fmt.Sprintf("%s %.2f vs %.2f %s", c.label, c.ours, c.their, c.unit))
+		if c.m.Higher && c.ours > c.their || !c.m.Higher && c.ours < c.their {
+			continue
+		}
+		if c.ratio {
+			behind = append(behind, fmt.Sprintf("%s %.2fx vs %.2fx", c.m.Name, c.ours, c.their))
+		} else {
+			behind = append(behind, fmt.Sprintf("%s %s vs %s %s", c.m.Name, c.m.format(c.ours), c.m.format(c.their), c.m.Unit))
 		}
 	}
 	fig := fmt.Sprintf("ahead on all %d", len(cs))

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,17 +72,24 @@ func (s *benchSetup) pids() []int {
 // redis-server, the agent on the first only, the proxy on the second only,
 // so every stream crosses from one relay to the other); and ssh -L
 // (aes128-gcm, two hops: ssh client, sshd) when OpenSSH is installed.
-func startBenchSetups(t *testing.T, res *benchResource) []*benchSetup {
+// only, when not empty, names the setups to run (direct always runs).
+func startBenchSetups(t *testing.T, res *benchResource, only []string) []*benchSetup {
 	t.Helper()
 	c := newCluster(t, "echo", "blast")
 	c.Quiet = true
 	pubs := map[string]string{"echo": res.Echo, "blast": res.Blast}
 	hcs := []string{"echo", "blast"}
-	tlsExtra := benchTLS(t)
+	tlsExtra := ""
 
 	// tunnel starts a relay (with relayExtra in its section), an agent
 	// and a proxy speaking transport to it.
 	tunnel := func(key, name, transport, relayExtra string, tls bool) *benchSetup {
+		if tls && tlsExtra == "" {
+			tlsExtra = benchTLS(t)
+		}
+		if tls {
+			relayExtra += tlsExtra
+		}
 		r := c.startRelay(t, benchRelayLimits+relayExtra)
 		r.TLS = tls
 		a := c.startAgent(t, []*crelay{r}, pubs, benchAgentExtra(transport))
@@ -89,14 +97,26 @@ func startBenchSetups(t *testing.T, res *benchResource) []*benchSetup {
 		return &benchSetup{Key: key, Name: name, Echo: p.Listen["echo"], Blast: p.Listen["blast"],
 			procs: []*Proc{r.Proc, a.Proc, p.Proc}}
 	}
-	setups := []*benchSetup{
-		{Key: "direct", Name: "direct", Echo: res.Echo, Blast: res.Blast},
-		tunnel("native", "native", "tcp", "", false),
-		tunnel("native_tls", "native+TLS", "tcp", tlsExtra, true),
-		tunnel("ws", "WebSocket", "websocket", "", false),
-		tunnel("ws_tls", "WS+TLS", "websocket", tlsExtra, true),
-		startBenchForwarded(t, c, pubs, hcs),
-		startBenchSSH(t, res),
+	all := []struct {
+		key   string
+		start func() *benchSetup
+	}{
+		{"direct", func() *benchSetup {
+			return &benchSetup{Key: "direct", Name: "direct", Echo: res.Echo, Blast: res.Blast}
+		}},
+		{"native", func() *benchSetup { return tunnel("native", "native", "tcp", "", false) }},
+		{"native_tls", func() *benchSetup { return tunnel("native_tls", "native+TLS", "tcp", "", true) }},
+		{"ws", func() *benchSetup { return tunnel("ws", "WebSocket", "websocket", "", false) }},
+		{"ws_tls", func() *benchSetup { return tunnel("ws_tls", "WS+TLS", "websocket", "", true) }},
+		{"forwarded", func() *benchSetup { return startBenchForwarded(t, c, pubs, hcs) }},
+		{"ssh", func() *benchSetup { return startBenchSSH(t, res) }},
+	}
+	var setups []*benchSetup
+	for _, s := range all {
+		if len(only) > 0 && s.key != "direct" && !slices.Contains(only, s.key) {
+			continue
+		}
+		setups = append(setups, s.start())
 	}
 	for _, s := range setups {
 		if s.Skipped != "" {

@@ -23,7 +23,9 @@ import (
 
 // benchSettings are the sizes of one run: BENCH=full (the default) or
 // BENCH=tiny (CI: that it runs, in well under a minute); BENCH_ROUNDS
-// overrides the rounds.
+// overrides the rounds. BENCH_SETUPS=native,ssh (keys as in bench.json)
+// runs only those setups besides direct, and BENCH_GO=0 leaves out the Go
+// benchmarks: for a quicker look while working on one path.
 type benchSettings struct {
 	Name string `json:"name"`
 	// Rounds of every timed measure; within a round each measure visits
@@ -54,9 +56,11 @@ type benchSettings struct {
 // benchSettingsFromEnv reads BENCH and BENCH_ROUNDS.
 func benchSettingsFromEnv(t *testing.T) benchSettings {
 	t.Helper()
-	s := benchSettings{Name: "full", Rounds: 3, TransferBytes: 256 << 20, TransferLimit: 1500 * time.Millisecond,
-		Connects: 500, RateWorkers: 20, RateTime: 2 * time.Second, RoundTrips: 2000,
-		IdleStreams: 1000, ManyStreams: 10000, IdleWorkers: 20, GoBenchTime: "1s"}
+	// Sized so that the whole of make bench, the build included, takes
+	// under 3 minutes on the 2-core machine.
+	s := benchSettings{Name: "full", Rounds: 3, TransferBytes: 256 << 20, TransferLimit: 750 * time.Millisecond,
+		Connects: 400, RateWorkers: 20, RateTime: 1500 * time.Millisecond, RoundTrips: 2000,
+		IdleStreams: 1000, ManyStreams: 10000, IdleWorkers: 20, GoBenchTime: "500ms"}
 	switch os.Getenv("BENCH") {
 	case "", "full":
 	case "tiny":
@@ -121,16 +125,22 @@ func TestBench(t *testing.T) {
 	// per stream, each role two per stream it carries.
 	noFileErr := raiseNoFile(t, uint64(2*s.ManyStreams+4096))
 
-	var err error
-	r.progress("Go benchmarks (-benchtime %s)", s.GoBenchTime)
-	if r.goBench, err = runGoBenchmarks(s.GoBenchTime); err != nil {
-		t.Errorf("Go benchmarks: %v", err)
+	if os.Getenv("BENCH_GO") != "0" {
+		var err error
+		r.progress("Go benchmarks (-benchtime %s)", s.GoBenchTime)
+		if r.goBench, err = runGoBenchmarks(s.GoBenchTime); err != nil {
+			t.Errorf("Go benchmarks: %v", err)
+		}
+		printGoBench(r.goBench)
 	}
-	printGoBench(r.goBench)
 
 	r.progress("starting the setups")
 	res := startBenchResource(t)
-	r.setups = startBenchSetups(t, res)
+	var only []string
+	if v := os.Getenv("BENCH_SETUPS"); v != "" {
+		only = strings.Split(v, ",")
+	}
+	r.setups = startBenchSetups(t, res, only)
 	var live []*benchSetup
 	for _, st := range r.setups {
 		if st.Skipped != "" {
@@ -228,7 +238,7 @@ func TestBench(t *testing.T) {
 	for _, st := range live {
 		for _, m := range benchMeasures() {
 			if _, ok := r.median(st.Key, m.Key); !ok && !(st.Key == "direct" && m.Key == "rss") {
-				t.Errorf("%s: no figure for %s (failures: %d, first: %s)", st.Name, m.Label, r.fails[st.Key].N, r.fails[st.Key].First)
+				t.Errorf("%s: no figure for %s (failures: %d, first: %s)", st.Name, m.Name, r.fails[st.Key].N, r.fails[st.Key].First)
 			}
 		}
 	}
