@@ -81,14 +81,15 @@ func connectEcho(addr string) error {
 	return c.Close()
 }
 
-// connectLatency times n connectEchoes one after the other and returns
-// their p50 and p99 in µs, ok when any succeeded; failures are not timed.
-func connectLatency(addr string, n int, fails *tally) (p50, p99 float64, ok bool) {
+// connectLatency times n connectEchoes one after the other, or as many
+// as limit allows, and returns their p50 and p99 in µs, ok when any
+// succeeded; failures are not timed.
+func connectLatency(addr string, n int, limit time.Duration, fails *tally) (p50, p99 float64, ok bool) {
 	for i := 0; i < benchWarm; i++ {
 		fails.add(connectEcho(addr))
 	}
 	ds := make([]time.Duration, 0, n)
-	for i := 0; i < n; i++ {
+	for i, end := 0, time.Now().Add(limit); i < n && time.Now().Before(end); i++ {
 		start := time.Now()
 		if err := connectEcho(addr); err != nil {
 			fails.add(err)
@@ -129,8 +130,9 @@ func connRate(addr string, workers int, d time.Duration, fails *tally) float64 {
 }
 
 // roundTrips times n 1-byte round trips on one established connection to
-// the echo and returns their p50 and p99 in µs.
-func roundTrips(addr string, n int) (p50, p99 float64, err error) {
+// the echo, or as many as limit allows, and returns their p50 and p99 in
+// µs.
+func roundTrips(addr string, n int, limit time.Duration) (p50, p99 float64, err error) {
 	c, err := net.DialTimeout("tcp", addr, benchDialTimeout)
 	if err != nil {
 		return 0, 0, err
@@ -139,7 +141,8 @@ func roundTrips(addr string, n int) (p50, p99 float64, err error) {
 	c.SetDeadline(time.Now().Add(benchIOTimeout))
 	b := []byte{'r'}
 	ds := make([]time.Duration, 0, n)
-	for i := 0; i < benchWarm+n; i++ {
+	end := time.Now().Add(limit)
+	for i := 0; i < benchWarm+n && (i < benchWarm || time.Now().Before(end)); i++ {
 		start := time.Now()
 		if _, err := c.Write(b); err != nil {
 			return 0, 0, fmt.Errorf("round trip %d: write: %w", i, err)

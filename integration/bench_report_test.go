@@ -132,10 +132,8 @@ func (r *benchRun) report() {
 		}
 		fmt.Println()
 	}
-	fmt.Printf("\nthroughput: %d MiB per sample (or %v), split over the streams; connect+echo: %d per round; conn/s: %d workers for %v; RTT: %d round trips;\n",
-		r.settings.TransferBytes>>20, r.settings.TransferLimit, r.settings.Connects, r.settings.RateWorkers, r.settings.RateTime, r.settings.RoundTrips)
-	fmt.Printf("memory: %d idle streams each, RSS summed over the processes between client and resource (forwarded: 2 relays, agent, proxy; ssh -L: ssh, sshd), kernel = Slab growth\n",
-		r.settings.IdleStreams)
+	fmt.Printf("\n%s\n", r.settings.describe())
+	fmt.Println("RSS: summed over the processes between client and resource (relay, agent, proxy; forwarded: 2 relays, agent, proxy; ssh -L: ssh, sshd); kernel: Slab growth")
 	for _, s := range r.setups {
 		if s.Skipped != "" {
 			fmt.Printf("not run: %s: %s\n", s.Name, s.Skipped)

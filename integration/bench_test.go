@@ -36,13 +36,17 @@ type benchSettings struct {
 	// streams; a sample stops at TransferLimit even short of it.
 	TransferBytes int64         `json:"transfer_bytes"`
 	TransferLimit time.Duration `json:"transfer_limit_ns"`
-	// Connects is the number of connect+echo samples per round.
-	Connects int `json:"connects"`
+	// Connects is the number of connect+echo samples per round, fewer
+	// when they take longer than ConnectLimit.
+	Connects     int           `json:"connects"`
+	ConnectLimit time.Duration `json:"connect_limit_ns"`
 	// RateWorkers run connect+echo back to back for RateTime per round.
 	RateWorkers int           `json:"rate_workers"`
 	RateTime    time.Duration `json:"rate_time_ns"`
-	// RoundTrips is the number of 1-byte round trips per round.
-	RoundTrips int `json:"round_trips"`
+	// RoundTrips is the number of 1-byte round trips per round, fewer
+	// when they take longer than RoundTripLimit.
+	RoundTrips     int           `json:"round_trips"`
+	RoundTripLimit time.Duration `json:"round_trip_limit_ns"`
 	// IdleStreams are opened per setup for the memory figures, and
 	// ManyStreams at once on native (issue 11: 10,000); both
 	// IdleWorkers at a time.
@@ -58,14 +62,16 @@ func benchSettingsFromEnv(t *testing.T) benchSettings {
 	t.Helper()
 	// Sized so that the whole of make bench, the build included, takes
 	// under 3 minutes on the 2-core machine.
-	s := benchSettings{Name: "full", Rounds: 3, TransferBytes: 256 << 20, TransferLimit: 750 * time.Millisecond,
-		Connects: 400, RateWorkers: 20, RateTime: 1500 * time.Millisecond, RoundTrips: 2000,
+	s := benchSettings{Name: "full", Rounds: 3, TransferBytes: 256 << 20, TransferLimit: 500 * time.Millisecond,
+		Connects: 300, ConnectLimit: 2 * time.Second, RateWorkers: 20, RateTime: time.Second,
+		RoundTrips: 1000, RoundTripLimit: time.Second,
 		IdleStreams: 1000, ManyStreams: 10000, IdleWorkers: 20, GoBenchTime: "500ms"}
 	switch os.Getenv("BENCH") {
 	case "", "full":
 	case "tiny":
 		s = benchSettings{Name: "tiny", Rounds: 1, TransferBytes: 16 << 20, TransferLimit: 250 * time.Millisecond,
-			Connects: 50, RateWorkers: 20, RateTime: 250 * time.Millisecond, RoundTrips: 200,
+			Connects: 50, ConnectLimit: time.Second, RateWorkers: 20, RateTime: 250 * time.Millisecond,
+			RoundTrips: 200, RoundTripLimit: time.Second,
 			IdleStreams: 200, ManyStreams: 1000, IdleWorkers: 20, GoBenchTime: "100x"}
 	default:
 		t.Fatalf("BENCH=%q: want full or tiny", os.Getenv("BENCH"))
@@ -119,8 +125,7 @@ func TestBench(t *testing.T) {
 	r := &benchRun{settings: benchSettingsFromEnv(t), samples: map[string]map[string][]float64{},
 		fails: map[string]*tally{}, idle: map[string]*idleFigures{}, started: time.Now()}
 	s := r.settings
-	r.progress("settings %s: %d rounds, %d MiB per throughput sample, %d connects, conn/s for %v, %d round trips, %d idle streams, %d at once on native",
-		s.Name, s.Rounds, s.TransferBytes>>20, s.Connects, s.RateTime, s.RoundTrips, s.IdleStreams, s.ManyStreams)
+	r.progress("settings %s: %s", s.Name, s.describe())
 	// Descriptors: the client and the resource (this process) hold two
 	// per stream, each role two per stream it carries.
 	noFileErr := raiseNoFile(t, uint64(2*s.ManyStreams+4096))
@@ -189,7 +194,7 @@ func TestBench(t *testing.T) {
 		}
 		r.progress("round %d/%d: connect+echo latency", round+1, s.Rounds)
 		for _, st := range order {
-			if p50, p99, ok := connectLatency(st.Echo, s.Connects, r.fails[st.Key]); ok {
+			if p50, p99, ok := connectLatency(st.Echo, s.Connects, s.ConnectLimit, r.fails[st.Key]); ok {
 				r.add(st, "connect_p50", p50)
 				r.add(st, "connect_p99", p99)
 			}
@@ -200,7 +205,7 @@ func TestBench(t *testing.T) {
 		}
 		r.progress("round %d/%d: round trips", round+1, s.Rounds)
 		for _, st := range order {
-			p50, p99, err := roundTrips(st.Echo, s.RoundTrips)
+			p50, p99, err := roundTrips(st.Echo, s.RoundTrips, s.RoundTripLimit)
 			if err != nil {
 				r.fails[st.Key].add(fmt.Errorf("round trips: %w", err))
 				continue
@@ -347,4 +352,13 @@ func printGoBench(bs []goBench) {
 		fmt.Printf("%-56s %12.0f %10.0f %10.0f\n", filepath.Base(b.Pkg)+"."+strings.TrimPrefix(name, "Benchmark"), b.NsPerOp, b.BytesPerOp, b.AllocsPerOp)
 	}
 	fmt.Println()
+}
+
+// describe says in a line what each round measures.
+func (s benchSettings) describe() string {
+	return fmt.Sprintf("%d round(s); per setup and round: throughput %d MiB per sample (at most %v), split over the streams; "+
+		"%d connect+echo (at most %v); conn/s with %d workers for %v; %d round trips (at most %v); "+
+		"memory: %d idle streams; %d at once on native",
+		s.Rounds, s.TransferBytes>>20, s.TransferLimit, s.Connects, s.ConnectLimit, s.RateWorkers, s.RateTime,
+		s.RoundTrips, s.RoundTripLimit, s.IdleStreams, s.ManyStreams)
 }
