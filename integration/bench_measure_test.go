@@ -436,8 +436,9 @@ func descriptors(pids []int) (fds, sockets int) {
 // and hard, and puts the old one back when the test ends. The children
 // inherit it: each holds two descriptors per idle stream, and the hybrid
 // binary, like every Go program, raises its soft limit to the hard one at
-// start. Raising the hard limit needs root (or CAP_SYS_RESOURCE), as CI
-// runs; otherwise the error says what the limit is.
+// start. Raising the hard limit needs CAP_SYS_RESOURCE (root has it on a
+// CI machine, not in every sandbox); otherwise the error says what the
+// limit is.
 func raiseNoFile(t *testing.T, need uint64) error {
 	var old syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
@@ -451,7 +452,7 @@ func raiseNoFile(t *testing.T, need uint64) error {
 		if old.Max >= need {
 			return fmt.Errorf("setrlimit: %w", err)
 		}
-		return fmt.Errorf("RLIMIT_NOFILE hard limit is %d, %d needed, and raising it failed (%w): run as root, or raise it (ulimit -Hn) first", old.Max, need, err)
+		return fmt.Errorf("RLIMIT_NOFILE's hard limit is %d, %d needed, and raising it failed (%w): it needs CAP_SYS_RESOURCE (root on a CI machine); raise it before make bench (ulimit -Hn)", old.Max, need, err)
 	}
 	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
 	return nil

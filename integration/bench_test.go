@@ -155,78 +155,16 @@ func TestBench(t *testing.T) {
 		r.fails[st.Key] = &tally{}
 		live = append(live, st)
 	}
-
 	// Memory first, on processes that have only warmed up: later, after
 	// gigabytes, their heaps hold free memory that new streams would
 	// reuse unseen.
 	for _, st := range live {
-		for i := 0; i < benchWarm; i++ {
-			r.fails[st.Key].add(connectEcho(st.Echo))
-		}
-		f := measureIdle(st, res, s.IdleStreams, s.IdleWorkers)
-		r.idle[st.Key] = f
-		if f.Opened > 0 {
-			if st.Key != "direct" {
-				r.add(st, "rss", f.RSSKiB)
-			}
-			r.add(st, "kernel", f.KernelKiB)
-		}
-		r.progress("%s: %d idle streams: per stream %.1f KiB RSS, %.1f KiB kernel, %.1f descriptors (%.1f sockets); %d failures%s",
-			st.Name, f.Opened, f.RSSKiB, f.KernelKiB, f.FDs, f.Sockets, f.Fails.N, lingerNote(f))
+		r.measureMemory(st, res)
 	}
-
 	for round := 0; round < s.Rounds; round++ {
-		order := append(append([]*benchSetup(nil), live[round%len(live):]...), live[:round%len(live)]...)
-		r.progress("round %d/%d: throughput", round+1, s.Rounds)
-		for _, m := range []struct {
-			key     string
-			dir     byte
-			streams int
-		}{{"up1", 'U', 1}, {"down1", 'Z', 1}, {"up4", 'U', 4}, {"down4", 'Z', 4}} {
-			for _, st := range order {
-				g, err := transfer(st.Blast, m.dir, m.streams, s.TransferBytes, s.TransferLimit)
-				if err != nil {
-					r.fails[st.Key].add(fmt.Errorf("%s: %w", m.key, err))
-					continue
-				}
-				r.add(st, m.key, g)
-			}
-		}
-		r.progress("round %d/%d: connect+echo latency", round+1, s.Rounds)
-		for _, st := range order {
-			if p50, p99, ok := connectLatency(st.Echo, s.Connects, s.ConnectLimit, r.fails[st.Key]); ok {
-				r.add(st, "connect_p50", p50)
-				r.add(st, "connect_p99", p99)
-			}
-		}
-		r.progress("round %d/%d: connections per second", round+1, s.Rounds)
-		for _, st := range order {
-			r.add(st, "conn_rate", connRate(st.Echo, s.RateWorkers, s.RateTime, r.fails[st.Key]))
-		}
-		r.progress("round %d/%d: round trips", round+1, s.Rounds)
-		for _, st := range order {
-			p50, p99, err := roundTrips(st.Echo, s.RoundTrips, s.RoundTripLimit)
-			if err != nil {
-				r.fails[st.Key].add(fmt.Errorf("round trips: %w", err))
-				continue
-			}
-			r.add(st, "rtt_p50", p50)
-			r.add(st, "rtt_p99", p99)
-		}
+		r.runRound(round, live)
 	}
-
-	native := r.setupByKey("native")
-	switch {
-	case noFileErr != nil:
-		r.manySkipped = noFileErr.Error()
-	case native == nil:
-		r.manySkipped = "the native setup did not run"
-	default:
-		r.progress("native: %d idle streams at once", s.ManyStreams)
-		r.many = measureIdle(native, res, s.ManyStreams, s.IdleWorkers)
-		r.progress("native: %d of %d opened, %d held, %d failures, %.1f KiB RSS per stream%s",
-			r.many.Opened, r.many.Asked, r.many.Held, r.many.Fails.N, r.many.RSSKiB, lingerNote(r.many))
-	}
+	r.holdMany(res, noFileErr)
 
 	r.report()
 	path := os.Getenv("BENCH_JSON")
@@ -246,6 +184,84 @@ func TestBench(t *testing.T) {
 				t.Errorf("%s: no figure for %s (failures: %d, first: %s)", st.Name, m.Name, r.fails[st.Key].N, r.fails[st.Key].First)
 			}
 		}
+	}
+}
+
+// measureMemory is the idle-stream phase of one setup, after 20
+// connect+echo to warm it.
+func (r *benchRun) measureMemory(st *benchSetup, res *benchResource) {
+	for i := 0; i < benchWarm; i++ {
+		r.fails[st.Key].add(connectEcho(st.Echo))
+	}
+	f := measureIdle(st, res, r.settings.IdleStreams, r.settings.IdleWorkers)
+	r.idle[st.Key] = f
+	if f.Opened > 0 {
+		if st.Key != "direct" {
+			r.add(st, "rss", f.RSSKiB)
+		}
+		r.add(st, "kernel", f.KernelKiB)
+	}
+	r.progress("%s: %d idle streams: per stream %.1f KiB RSS, %.1f KiB kernel, %.1f descriptors (%.1f sockets); %d failures%s",
+		st.Name, f.Opened, f.RSSKiB, f.KernelKiB, f.FDs, f.Sockets, f.Fails.N, lingerNote(f))
+}
+
+// runRound is one round of the timed measures: each visits every setup,
+// starting round places into the list, before the next one starts.
+func (r *benchRun) runRound(round int, live []*benchSetup) {
+	s := r.settings
+	order := append(append([]*benchSetup(nil), live[round%len(live):]...), live[:round%len(live)]...)
+	r.progress("round %d/%d: throughput", round+1, s.Rounds)
+	for _, m := range []struct {
+		key     string
+		dir     byte
+		streams int
+	}{{"up1", 'U', 1}, {"down1", 'Z', 1}, {"up4", 'U', 4}, {"down4", 'Z', 4}} {
+		for _, st := range order {
+			g, err := transfer(st.Blast, m.dir, m.streams, s.TransferBytes, s.TransferLimit)
+			if err != nil {
+				r.fails[st.Key].add(fmt.Errorf("%s: %w", m.key, err))
+				continue
+			}
+			r.add(st, m.key, g)
+		}
+	}
+	r.progress("round %d/%d: connect+echo latency", round+1, s.Rounds)
+	for _, st := range order {
+		if p50, p99, ok := connectLatency(st.Echo, s.Connects, s.ConnectLimit, r.fails[st.Key]); ok {
+			r.add(st, "connect_p50", p50)
+			r.add(st, "connect_p99", p99)
+		}
+	}
+	r.progress("round %d/%d: connections per second", round+1, s.Rounds)
+	for _, st := range order {
+		r.add(st, "conn_rate", connRate(st.Echo, s.RateWorkers, s.RateTime, r.fails[st.Key]))
+	}
+	r.progress("round %d/%d: round trips", round+1, s.Rounds)
+	for _, st := range order {
+		p50, p99, err := roundTrips(st.Echo, s.RoundTrips, s.RoundTripLimit)
+		if err != nil {
+			r.fails[st.Key].add(fmt.Errorf("round trips: %w", err))
+			continue
+		}
+		r.add(st, "rtt_p50", p50)
+		r.add(st, "rtt_p99", p99)
+	}
+}
+
+// holdMany opens ManyStreams idle streams at once on native, unless the
+// descriptor limit could not be raised for them (noFileErr).
+func (r *benchRun) holdMany(res *benchResource, noFileErr error) {
+	native := r.setupByKey("native")
+	switch {
+	case noFileErr != nil:
+		r.manySkipped = noFileErr.Error()
+	case native == nil:
+		r.manySkipped = "the native setup did not run"
+	default:
+		r.progress("native: %d idle streams at once", r.settings.ManyStreams)
+		r.many = measureIdle(native, res, r.settings.ManyStreams, r.settings.IdleWorkers)
+		r.progress("native: %d of %d opened, %d held, %d failures, %.1f KiB RSS per stream%s",
+			r.many.Opened, r.many.Asked, r.many.Held, r.many.Fails.N, r.many.RSSKiB, lingerNote(r.many))
 	}
 }
 
