@@ -7,6 +7,7 @@ package integration
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -61,14 +63,23 @@ func (t *tally) merge(o *tally) {
 	t.N += n
 }
 
+// benchDial connects to addr, with benchIOTimeout for what follows.
+func benchDial(addr string) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, benchDialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(benchIOTimeout))
+	return c, nil
+}
+
 // connectEcho is one app connection as the latency and rate figures count
 // it: connect, one byte out, the byte back, close.
 func connectEcho(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, benchDialTimeout)
+	c, err := benchDial(addr)
 	if err != nil {
 		return err
 	}
-	c.SetDeadline(time.Now().Add(benchIOTimeout))
 	b := [1]byte{'x'}
 	if _, err := c.Write(b[:]); err != nil {
 		c.Close()
@@ -103,42 +114,44 @@ func connectLatency(addr string, n int, limit time.Duration, fails *tally) (p50,
 // connRate runs workers, each doing connectEcho back to back until d has
 // passed, and returns the completed ones per second of the wall time.
 func connRate(addr string, workers int, d time.Duration, fails *tally) float64 {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	done := 0
+	var done atomic.Int64
 	start := time.Now()
 	end := start.Add(d)
-	for w := 0; w < workers; w++ {
+	parallel(workers, func(int) {
+		for time.Now().Before(end) {
+			if err := connectEcho(addr); err != nil {
+				fails.add(err)
+				continue
+			}
+			done.Add(1)
+		}
+	})
+	return float64(done.Load()) / time.Since(start).Seconds()
+}
+
+// parallel runs f(0), …, f(n-1), each in a goroutine of its own, and
+// waits for them all.
+func parallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n := 0
-			for time.Now().Before(end) {
-				if err := connectEcho(addr); err != nil {
-					fails.add(err)
-					continue
-				}
-				n++
-			}
-			mu.Lock()
-			done += n
-			mu.Unlock()
+			f(i)
 		}()
 	}
 	wg.Wait()
-	return float64(done) / time.Since(start).Seconds()
 }
 
 // roundTrips times n 1-byte round trips on one established connection to
 // the echo, or as many as limit allows, and returns their p50 and p99 in
 // µs.
 func roundTrips(addr string, n int, limit time.Duration) (p50, p99 float64, err error) {
-	c, err := net.DialTimeout("tcp", addr, benchDialTimeout)
+	c, err := benchDial(addr)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(benchIOTimeout))
 	b := []byte{'r'}
 	ds := make([]time.Duration, 0, n)
 	end := time.Now().Add(limit)
@@ -163,40 +176,28 @@ func roundTrips(addr string, n int, limit time.Duration) (p50, p99 float64, err 
 // bytes through over the wall time from the first connect to the last
 // stream's end (for an upload, the blast's word that it has all).
 func transfer(addr string, dir byte, streams int, total int64, limit time.Duration) (float64, error) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var moved int64
-	var firstErr error
+	var moved atomic.Int64
+	errs := make([]error, streams)
 	start := time.Now()
 	stop := start.Add(limit)
-	for i := 0; i < streams; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n, err := transferOne(addr, dir, total/int64(streams), stop)
-			mu.Lock()
-			defer mu.Unlock()
-			moved += n
-			if err != nil && firstErr == nil {
-				firstErr = err
-			}
-		}()
+	parallel(streams, func(i int) {
+		n, err := transferOne(addr, dir, total/int64(streams), stop)
+		moved.Add(n)
+		errs[i] = err
+	})
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
 	}
-	wg.Wait()
-	if firstErr != nil {
-		return 0, firstErr
-	}
-	return float64(moved) * 8 / time.Since(start).Seconds() / 1e9, nil
+	return float64(moved.Load()) * 8 / time.Since(start).Seconds() / 1e9, nil
 }
 
 // transferOne is one stream of transfer: n bytes, or fewer at stop.
 func transferOne(addr string, dir byte, n int64, stop time.Time) (int64, error) {
-	c, err := net.DialTimeout("tcp", addr, benchDialTimeout)
+	c, err := benchDial(addr)
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(benchIOTimeout))
 	if _, err := c.Write([]byte{dir}); err != nil {
 		return 0, err
 	}
@@ -241,30 +242,23 @@ func openIdle(addr string, n, workers int, fails *tally) []net.Conn {
 		work <- struct{}{}
 	}
 	close(work)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range work {
-				c, err := net.DialTimeout("tcp", addr, benchDialTimeout)
-				if err == nil {
-					err = echoByte(c)
-					if err != nil {
-						c.Close()
-					}
+	parallel(workers, func(int) {
+		for range work {
+			c, err := benchDial(addr)
+			if err == nil {
+				if err = echoByte(c); err != nil {
+					c.Close()
 				}
-				if err != nil {
-					fails.add(err)
-					continue
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
 			}
-		}()
-	}
-	wg.Wait()
+			if err != nil {
+				fails.add(err)
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
 	return conns
 }
 
@@ -290,17 +284,11 @@ func checkIdle(conns []net.Conn, workers int, fails *tally) {
 		work <- c
 	}
 	close(work)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for c := range work {
-				fails.add(echoByte(c))
-			}
-		}()
-	}
-	wg.Wait()
+	parallel(workers, func(int) {
+		for c := range work {
+			fails.add(echoByte(c))
+		}
+	})
 }
 
 // idleFigures is what an idle-stream phase measured for one setup.
