@@ -148,9 +148,12 @@ func (r *benchRun) report() {
 		}
 	}
 	fmt.Printf("\ntargets (issue 11; ratios to direct in this run)\n")
+	count := map[string]int{}
 	for _, tg := range r.targets() {
 		fmt.Printf("  %-4s  %-11s %-44s %s\n", tg.Status, tg.Setup, tg.What, tg.Figure)
+		count[tg.Status]++
 	}
+	fmt.Printf("targets: %d PASS, %d MISS, %d N/A (%d reported without a bound)\n", count["PASS"], count["MISS"], count["N/A"], count["INFO"])
 }
 
 // benchTarget is one line of the targets.
