@@ -11,7 +11,8 @@ import (
 // TestCIScript guards what .ci/run must keep doing: every apt-get waits for
 // the dpkg lock (through the APT array) and is retried; node and npm are
 // installed when missing (the hyco-ws interop test needs them, and under CI
-// it fails rather than skips); make examples runs after make test.
+// it fails rather than skips); make bench BENCH=tiny and make examples run
+// after make test.
 func TestCIScript(t *testing.T) {
 	root, err := moduleRoot()
 	if err != nil {
@@ -54,5 +55,9 @@ func TestCIScript(t *testing.T) {
 	}
 	if strings.Index(script, "\nmake examples") < strings.Index(script, "\nmake test") {
 		t.Errorf(".ci/run: make examples must run after make test")
+	}
+	// make bench on its tiny setting, so that the benchmark cannot rot.
+	if i := strings.Index(script, "\nmake bench BENCH=tiny\n"); i < 0 || i < strings.Index(script, "\nmake test") {
+		t.Errorf(".ci/run: make bench BENCH=tiny must run after make test")
 	}
 }

@@ -29,6 +29,18 @@ type cluster struct {
 	// Endpoints, when set for a connection, is written as the proxy
 	// mapping's endpoint (what SOCKS clients ask for).
 	Endpoints map[string]string
+	// Quiet runs every role as a deployment with default settings runs:
+	// log level info and agents without an audit log (make bench measures
+	// that). Off, the tests get debug lines and the agents' audit logs.
+	Quiet bool
+}
+
+// logLevel is the log.level every role of the cluster runs at.
+func (c *cluster) logLevel() string {
+	if c.Quiet {
+		return "info"
+	}
+	return "debug"
 }
 
 func newCluster(t testing.TB, hcs ...string) *cluster {
@@ -44,14 +56,17 @@ type crelay struct {
 	Control, Data, HTTP int
 	Dir, Config         string
 	Extra               string // lines under relay:, indented two spaces
-	Proc                *Proc
+	// TLS makes agents and proxies speak TLS to it (Extra then holds the
+	// relay's tls: mapping, and the clients must trust its certificate).
+	TLS  bool
+	Proc *Proc
 }
 
 // relayYAML is a relay serving every connection of the cluster with its apps
 // (send) and onprem (listen) keys, plus extra.
 func (c *cluster) relayYAML(r *crelay) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "log: {level: debug}\nrelay:\n  namespace: %s\n  listen:\n", e2eNamespace)
+	fmt.Fprintf(&b, "log: {level: %s}\nrelay:\n  namespace: %s\n  listen:\n", c.logLevel(), e2eNamespace)
 	fmt.Fprintf(&b, "    control: 127.0.0.1:%d\n    data: 127.0.0.1:%d\n    http: 127.0.0.1:%d\n", r.Control, r.Data, r.HTTP)
 	b.WriteString(r.Extra)
 	b.WriteString("  connections:\n")
@@ -93,7 +108,7 @@ func (c *cluster) runRelay(t testing.TB, r *crelay) error {
 
 // entry is the relay as agents and proxies name it.
 func (r *crelay) entry() string {
-	return fmt.Sprintf("{host: 127.0.0.1, control: %d, data: %d, http: %d, namespace: %s}", r.Control, r.Data, r.HTTP, e2eNamespace)
+	return fmt.Sprintf("{host: 127.0.0.1, control: %d, data: %d, http: %d, tls: %t, namespace: %s}", r.Control, r.Data, r.HTTP, r.TLS, e2eNamespace)
 }
 
 // url is the relay's http listener.
@@ -101,8 +116,9 @@ func (r *crelay) url() string { return fmt.Sprintf("http://127.0.0.1:%d", r.HTTP
 
 // cagent is a running agent.
 type cagent struct {
-	Config, Audit, Admin string
-	Proc                 *Proc
+	Config, Admin string
+	Audit         string // the audit log; "" when the cluster is Quiet
+	Proc          *Proc
 }
 
 // startAgent starts an agent attached to relays, publishing pubs (name →
@@ -111,9 +127,14 @@ type cagent struct {
 func (c *cluster) startAgent(t testing.TB, relays []*crelay, pubs map[string]string, extra string) *cagent {
 	t.Helper()
 	dir := t.TempDir()
-	a := &cagent{Audit: filepath.Join(dir, "audit.jsonl"), Admin: freeAddr(t, "127.0.0.3")}
+	a := &cagent{Admin: freeAddr(t, "127.0.0.3")}
 	var b strings.Builder
-	fmt.Fprintf(&b, "log: {level: debug}\nagent:\n  audit: %s\n  admin: %s\n  relays:\n", a.Audit, a.Admin)
+	fmt.Fprintf(&b, "log: {level: %s}\nagent:\n  admin: %s\n", c.logLevel(), a.Admin)
+	if !c.Quiet {
+		a.Audit = filepath.Join(dir, "audit.jsonl")
+		fmt.Fprintf(&b, "  audit: %s\n", a.Audit)
+	}
+	b.WriteString("  relays:\n")
 	for _, r := range relays {
 		fmt.Fprintf(&b, "    - %s\n", r.entry())
 	}
@@ -148,7 +169,7 @@ type cproxy struct {
 // extra lines in its section.
 func (c *cluster) proxyYAML(relays []*crelay, listen map[string]string, keys map[string]string, extra, admin string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "log: {level: debug}\nproxy:\n  admin: %s\n  relay:\n", admin)
+	fmt.Fprintf(&b, "log: {level: %s}\nproxy:\n  admin: %s\n  relay:\n", c.logLevel(), admin)
 	for _, r := range relays {
 		fmt.Fprintf(&b, "    - %s\n", r.entry())
 	}

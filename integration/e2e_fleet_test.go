@@ -52,16 +52,25 @@ func (f *fleetEnv) fleetYAML(i int, id string) string {
 // startFleet starts Redis, n relays of a fleet and HAProxy before them.
 func startFleet(t *testing.T, c *cluster, n int) *fleetEnv {
 	t.Helper()
+	f := startFleetRelays(t, c, n, "")
+	f.startHAProxy(t)
+	return f
+}
+
+// startFleetRelays starts Redis and n relays of a fleet (ids relay-a,
+// relay-b, ...), each with extra lines in its section, without HAProxy:
+// agents and proxies name the relays themselves.
+func startFleetRelays(t *testing.T, c *cluster, n int, extra string) *fleetEnv {
+	t.Helper()
 	f := &fleetEnv{c: c, redisPort: freePort(t), redisDir: t.TempDir()}
 	f.startRedisAt(t)
 	for i := 0; i < n; i++ {
 		f.peers = append(f.peers, freeAddr(t, "127.0.0.1"))
-		f.relays = append(f.relays, c.startRelay(t, f.fleetYAML(i, fmt.Sprintf("relay-%c", 'a'+i))))
+		f.relays = append(f.relays, c.startRelay(t, f.fleetYAML(i, fmt.Sprintf("relay-%c", 'a'+i))+extra))
 	}
 	for _, r := range f.relays { // every relay sees the others
 		r.Proc.WaitLog(t, "fleet member listening", e2eStartTimeout)
 	}
-	f.startHAProxy(t)
 	return f
 }
 

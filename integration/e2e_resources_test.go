@@ -75,6 +75,16 @@ func resourceMissing(t testing.TB, format string, args ...any) {
 // fails/skips the test naming the Debian package pkg that provides it.
 func needProgram(t testing.TB, pkg string, names ...string) string {
 	t.Helper()
+	if p := findProgram(names...); p != "" {
+		return p
+	}
+	resourceMissing(t, "none of %v found (Debian package %s)", names, pkg)
+	return ""
+}
+
+// findProgram is needProgram's search: the path of the first of names on
+// PATH or in the sbin and bin directories, or "" when there is none.
+func findProgram(names ...string) string {
 	for _, n := range names {
 		if p, err := exec.LookPath(n); err == nil {
 			return p
@@ -86,7 +96,6 @@ func needProgram(t testing.TB, pkg string, names ...string) string {
 			}
 		}
 	}
-	resourceMissing(t, "none of %v found (Debian package %s)", names, pkg)
 	return ""
 }
 
@@ -642,7 +651,8 @@ func TestE2EResourceFailures(t *testing.T) {
 // hosts file).
 const apiHost = "api.internal.example"
 
-// testPKI makes a CA and a server certificate signed by it for names.
+// testPKI makes a CA and a server certificate signed by it for names (host
+// names, or IP addresses such as 127.0.0.1).
 func testPKI(t testing.TB, names ...string) (caPEM []byte, cert tls.Certificate) {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -671,11 +681,17 @@ func testPKI(t testing.TB, names ...string) (caPEM []byte, cert tls.Certificate)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
