@@ -573,6 +573,11 @@ type wsAccept struct {
 		ID             string            `json:"id"`
 		ConnectHeaders map[string]string `json:"connectHeaders"`
 		RemoteEndpoint remoteEndpoint    `json:"remoteEndpoint"`
+		// HybridAck (hybrid's own, ignored by Azure's clients) is the id
+		// an agent may acknowledge the stream with, {"hybridAck":{"id":…}},
+		// while it dials, to be given the dial timeout rather than the
+		// join timeout.
+		HybridAck string `json:"hybridAck,omitempty"`
 	} `json:"accept"`
 }
 
@@ -646,6 +651,7 @@ func (c *wsControl) Accept(_ context.Context, a Accept) error {
 		m.Accept.ID = az.Tracking
 	}
 	m.Accept.Address = c.address(az.Suffix, az.Query, params...)
+	m.Accept.HybridAck = id
 	m.Accept.ConnectHeaders = map[string]string{}
 	for k, v := range a.Headers {
 		m.Accept.ConnectHeaders[k] = v
@@ -800,6 +806,9 @@ func (c *wsControl) run(ws *wsconn.Conn, sess *Session, log hclog.Logger) {
 				Token string `json:"token"`
 			} `json:"renewToken"`
 			Response *wsResponse `json:"response"`
+			Ack      *struct {
+				ID string `json:"id"`
+			} `json:"hybridAck"`
 		}
 		if err := json.Unmarshal(msg, &m); err != nil {
 			log.Warn("malformed message on control channel; closing with 1008", "error", err)
@@ -815,6 +824,11 @@ func (c *wsControl) run(ws *wsconn.Conn, sess *Session, log hclog.Logger) {
 		}
 		if m.Response != nil {
 			c.response(m.Response, log)
+		}
+		if m.Ack != nil {
+			if b, err := hex.DecodeString(m.Ack.ID); err == nil && len(b) == len(StreamID{}) {
+				sess.Ack(StreamID(b))
+			}
 		}
 	}
 }

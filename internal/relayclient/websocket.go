@@ -310,9 +310,25 @@ func (c *wsControl) Done() <-chan struct{} { return c.done }
 func (c *wsControl) Session() SessionID    { return SessionID{} }
 func (c *wsControl) Transport() string     { return TransportWebSocket }
 
-// Ack implements Control: Azure's protocol has no acknowledgement; the
-// rendezvous itself answers.
-func (c *wsControl) Ack(StreamID) error { return nil }
+// Ack implements Control. Azure's protocol has no acknowledgement (the
+// rendezvous itself answers); a hybrid relay offers one in its accept
+// notice (hybridAck), which buys the agent a dial longer than the relay's
+// join timeout. Towards other relays it does nothing.
+func (c *wsControl) Ack(id StreamID) error {
+	c.mu.Lock()
+	rv, ok := c.addrs[id]
+	c.mu.Unlock()
+	if !ok || rv.ack == "" || rv.ch == nil || rv.ch.ws == nil {
+		return nil
+	}
+	var m struct {
+		Ack struct {
+			ID string `json:"id"`
+		} `json:"hybridAck"`
+	}
+	m.Ack.ID = rv.ack
+	return rv.ch.sendJSON(&m)
+}
 
 // Health implements Control: not in Azure's protocol; the relay learns of
 // an unreachable endpoint from the rejection.
@@ -447,6 +463,8 @@ type rendezvous struct {
 	url  *url.URL
 	host string
 	port int
+	ack  string  // the relay's name for the stream in a hybridAck; "": the relay takes none
+	ch   *wsChan // the channel the accept came on
 }
 
 func (c *wsControl) takeAddr(id StreamID) (rendezvous, bool) {
@@ -522,6 +540,9 @@ type wsAcceptMsg struct {
 			Address string `json:"address"`
 			Port    int    `json:"port"`
 		} `json:"remoteEndpoint"`
+		// HybridAck: a hybrid relay takes {"hybridAck":{"id":…}} for
+		// this stream (not in Azure's protocol, which ignores it).
+		HybridAck string `json:"hybridAck"`
 	} `json:"accept"`
 }
 
@@ -604,6 +625,7 @@ func (c *wsControl) noticeOn(ch *wsChan, msg []byte) (ev Event, ok bool) {
 		// point the agent at anything but itself.
 		return Event{Dropped: &Dropped{Accept: acc, Address: clip(m.Accept.Address), Reason: err.Error()}}, true
 	}
+	rv.ack, rv.ch = m.Accept.HybridAck, ch
 	c.mu.Lock()
 	c.addrs[acc.ID] = rv
 	c.mu.Unlock()
