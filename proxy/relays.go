@@ -385,14 +385,15 @@ func (s *relaySet) open(ctx context.Context, c *rules.ProxyConnection, early []b
 				return nil, err
 			}
 			var se *status.Error
+			errors.As(err, &se)
 			switch {
 			case isTimeout(err):
 				// Frozen or unreachable: out of the spread until a probe
 				// says otherwise; the next relay now.
-			case warm != nil:
+			case warm != nil && (se == nil || se.Code == status.NotFound || se.Code == status.Busy):
 				// A warm connection the relay had dropped, or refused when
-				// it came (its RESULT read as this OPEN's answer): once
-				// more, fresh; a real refusal comes back again.
+				// it came (no such session, too many: that RESULT reads as
+				// this OPEN's answer): once more, fresh.
 				continue
 			case se != nil && se.Code == status.ShuttingDown && try < 2:
 				// A relay handing over its ports: a fresh connection
