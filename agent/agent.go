@@ -166,8 +166,9 @@ type liveStream struct {
 // cut ends the stream at once, both ways: resetting the resource side, so a
 // server busy in a long query learns its client is gone.
 func (s *liveStream) cut() {
-	if s.res != nil {
-		stream.Reset(s.res)
+	if s.joint != nil {
+		s.joint.Close() // resets both sides, the relay's too
+		return
 	}
 	s.conn.Close()
 }
@@ -661,11 +662,10 @@ func (a *Agent) serveAccept(ctx context.Context, o offer, ep rules.RelayEndpoint
 		return
 	}
 	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		defer a.release(acc.HC)
-		a.serve(ctx, o, ep, relay, acc, conn, target, log)
-	}()
+	go a.serve(ctx, o, ep, relay, acc, conn, target, log, func() {
+		a.release(acc.HC)
+		a.wg.Done()
+	})
 }
 
 // admit checks a stream request and takes a slot for it; false means it
@@ -733,10 +733,18 @@ func auditOf(relay string, acc *relayclient.Accept) AuditEvent {
 		SenderAddr: acc.SenderAddr, Relay: relay}
 }
 
-// serve handles one admitted stream: dial the resource, answer, copy. conn
-// is the connection as attached at the relay (its key joins the stream).
+// serve handles one admitted stream: dial the resource, answer, start the
+// copy, and return (the copy goes on, on goroutines of its own); done runs
+// once the stream has ended, or failed. conn is the connection as attached
+// at the relay (its key joins the stream).
 func (a *Agent) serve(ctx context.Context, o offer, ep rules.RelayEndpoint, relay string,
-	acc *relayclient.Accept, conn rules.AgentConnection, target string, log hclog.Logger) {
+	acc *relayclient.Accept, conn rules.AgentConnection, target string, log hclog.Logger, done func()) {
+	started := false
+	defer func() {
+		if !started {
+			done()
+		}
+	}()
 	ev := auditOf(relay, acc)
 	ev.Endpoint = target
 	ack := time.AfterFunc(ackAfter, o.ack) // a slow dial: tell the relay we are on it
@@ -780,17 +788,21 @@ func (a *Agent) serve(ctx context.Context, o offer, ep rules.RelayEndpoint, rela
 		res.Close()
 		return
 	}
-	defer a.untrack(ls)
 	start := time.Now()
 	ev.Event = "open"
 	a.record(ev)
 	a.opened.Add(1)
 	log.Debug("stream open", "hc", acc.HC, "stream", ev.Stream, "endpoint", target)
-	n := ls.joint.Run()
-	ev.Event, ev.BytesIn, ev.BytesOut = "close", n.AToB, n.BToA
-	ev.DurationMS = time.Since(start).Milliseconds()
-	a.record(ev)
-	log.Debug("stream closed", "hc", acc.HC, "stream", ev.Stream, "to_resource", ev.BytesIn, "from_resource", ev.BytesOut)
+	ls.joint.OnDone(func() {
+		ev.Event, ev.BytesIn, ev.BytesOut = "close", ls.joint.AToB.Load(), ls.joint.BToA.Load()
+		ev.DurationMS = time.Since(start).Milliseconds()
+		a.record(ev)
+		log.Debug("stream closed", "hc", acc.HC, "stream", ev.Stream, "to_resource", ev.BytesIn, "from_resource", ev.BytesOut)
+		a.untrack(ls)
+		done()
+	})
+	started = true
+	ls.joint.Start()
 }
 
 // track registers a live stream, unless a reload since the check already

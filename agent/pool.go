@@ -31,10 +31,11 @@ type pool struct {
 	lookup func(hc string) (rules.AgentConnection, bool)
 	log    hclog.Logger
 
-	mu     sync.Mutex
-	target int // connections to keep parked
-	idle   int // parked now (or being parked)
-	kick   chan struct{}
+	mu          sync.Mutex
+	target      int  // connections to keep parked
+	idle        int  // parked now (or being parked)
+	unsupported bool // the channel cannot park (WebSocket): the pool stays empty
+	kick        chan struct{}
 }
 
 // shrinkEvery is how often a grown pool gives one connection back.
@@ -49,7 +50,7 @@ func newPool(a *Agent, ctl relayclient.Control, ep rules.RelayEndpoint, r *runne
 // grow adds one to the target (a stream came without a parked connection).
 func (p *pool) grow() {
 	p.mu.Lock()
-	if p.target < rules.MaxPool && p.a.cfg.Load().Pool > 0 {
+	if p.target < rules.MaxPool && p.a.cfg.Load().Pool > 0 && !p.unsupported {
 		p.target++
 	}
 	p.mu.Unlock()
@@ -74,7 +75,7 @@ func (p *pool) run(ctx context.Context) {
 	for {
 		p.mu.Lock()
 		base := p.a.cfg.Load().Pool
-		if base == 0 {
+		if base == 0 || p.unsupported {
 			p.target = 0
 		} else if p.target < base {
 			p.target = base
@@ -122,7 +123,7 @@ func (p *pool) park(ctx context.Context) {
 		pc, err := p.ctl.Park(ctx)
 		if errors.Is(err, relayclient.ErrUnsupported) {
 			p.mu.Lock()
-			p.target = 0 // WebSocket: no parking, every stream comes on the channel
+			p.target, p.unsupported = 0, true // WebSocket: no parking, every stream comes on the channel
 			p.mu.Unlock()
 			release()
 			return
@@ -171,7 +172,8 @@ func (p *pool) serve(ctx context.Context, pc *relayclient.Parked, acc *relayclie
 		return
 	}
 	p.a.wg.Add(1)
-	defer p.a.wg.Done()
-	defer p.a.release(acc.HC)
-	p.a.serve(ctx, o, p.ep, p.relay, acc, conn, target, p.log)
+	p.a.serve(ctx, o, p.ep, p.relay, acc, conn, target, p.log, func() {
+		p.a.release(acc.HC)
+		p.a.wg.Done()
+	})
 }

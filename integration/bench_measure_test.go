@@ -319,6 +319,12 @@ type idleFigures struct {
 // before and after, checks that every stream still echoes, closes them
 // and waits until they are gone at the resource and the processes hold no
 // more sockets than before (give or take their pools).
+// idleSettle is how long streams are held with no byte before their memory
+// is read: an idle stream is one an app keeps open and unused (a pooled
+// database connection), not one that just carried its first byte — hybrid
+// parks a stream's copies after a second of silence (stream.IdleAfter).
+const idleSettle = 3 * time.Second
+
 func measureIdle(s *benchSetup, res *benchResource, n, workers int) *idleFigures {
 	f := &idleFigures{Asked: n}
 	base := res.active()
@@ -326,6 +332,7 @@ func measureIdle(s *benchSetup, res *benchResource, n, workers int) *idleFigures
 	rss0 := rssSum(s.pids())
 	slab0 := meminfoKiB("Slab")
 	conns := openIdle(s.Echo, n, workers, &f.Fails)
+	time.Sleep(idleSettle)
 	rss1 := rssSum(s.pids())
 	slab1 := meminfoKiB("Slab")
 	fds1, socks1 := descriptors(s.pids())

@@ -112,6 +112,7 @@ type flow struct {
 	app      string // the app's address
 	since    time.Time
 	up, down *atomic.Int64 // bytes so far: from the app, to the app
+	cut      func()        // ends the stream at once; nil: close app
 }
 
 func newFlow(hc string, app net.Conn, up, down *atomic.Int64) *flow {

@@ -355,8 +355,12 @@ func (p *Proxy) drain() {
 	if n := stream.Drain(&p.wg, grace, func() int {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		for c := range p.streams {
-			c.Close()
+		for c, f := range p.streams {
+			if f.cut != nil {
+				f.cut() // through the copy, which may be parked
+			} else {
+				c.Close()
+			}
 		}
 		return len(p.streams)
 	}); n > 0 {
@@ -381,22 +385,21 @@ func (p *Proxy) acceptLoop(ctx context.Context, m *mapping) {
 		}
 		c := m.conn.Load() // the mapping as it is now: reloads apply to new streams
 		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.forward(ctx, conn, c)
-		}()
+		go p.forward(ctx, conn, c, p.wg.Done)
 	}
 }
 
 // forward carries one app connection through a hybrid connection. What the
-// app has sent already goes with the OPEN, so it needs no round trip.
-func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnection) {
-	log := p.log.With("hc", c.Name, "app", app.RemoteAddr().String())
+// app has sent already goes with the OPEN, so it needs no round trip. It
+// returns once the copy has started (it goes on, on goroutines of its own);
+// done runs when the stream has ended, or failed.
+func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnection, done func()) {
 	early := readyBytes(app)
 	up, err := p.openStream(ctx, c, early)
 	if err != nil {
+		defer done()
 		p.refused.Add(1)
-		log.Error("stream refused", "error", err)
+		p.log.Error("stream refused", "hc", c.Name, "app", app.RemoteAddr().String(), "error", err)
 		// Reset rather than close: the app sees a failure at once instead
 		// of an orderly end of a conversation that never started.
 		if tc, ok := app.(*net.TCPConn); ok {
@@ -408,18 +411,22 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 	p.opened.Add(1)
 	j := stream.NewJoint(app, up)
 	j.AToB.Add(int64(len(early))) // sent with the open
+	f := newFlow(c.Name, app, &j.AToB, &j.BToA)
+	f.cut = j.Close
 	p.mu.Lock()
-	p.streams[app] = newFlow(c.Name, app, &j.AToB, &j.BToA)
+	p.streams[app] = f
 	p.mu.Unlock()
-	defer func() {
+	j.OnDone(func() {
 		p.mu.Lock()
 		p.dropStreamLocked(app)
 		p.mu.Unlock()
-	}()
-	start := time.Now()
-	log.Debug("stream open")
-	n := j.Run()
-	log.Debug("stream closed", "up", n.AToB, "down", n.BToA, "duration", time.Since(start).Round(time.Millisecond))
+		if p.log.IsDebug() {
+			p.log.Debug("stream closed", "hc", c.Name, "app", f.app, "up", j.AToB.Load(), "down", j.BToA.Load(),
+				"duration", time.Since(f.since).Round(time.Millisecond))
+		}
+		done()
+	})
+	j.Start()
 }
 
 // Open opens a stream on connection c, with early (the app's first bytes,

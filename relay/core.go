@@ -150,11 +150,12 @@ type Peer struct {
 	Ready func() error
 	// Addr is the peer's address, for logs.
 	Addr string
-	// Serve, when set, is how the core runs the copy from this peer to the
-	// other side: on the goroutine that read the peer's handshake, which
-	// then becomes one of the stream's two copy goroutines. It must call
-	// run exactly once, or abort if it cannot (then the stream ends).
-	// Without it the core starts a goroutine.
+	// Serve, when set, runs the copy of this peer's bytes on the peer's
+	// own goroutine, one that stays with the stream anyway (a WebSocket
+	// handler's, which must not return while its connection lives); it
+	// must call run exactly once. Without it the copy gets a fresh
+	// goroutine: not the one that read a handshake, whose stack grew with
+	// it and would stay that size for the stream's life.
 	Serve func(run func())
 	// EarlySent says the stream's early data already reached this peer
 	// (with the ACCEPT on a parked connection).
@@ -168,6 +169,17 @@ func (p *Peer) abort() {
 		p.Serve(func() {})
 	}
 }
+
+// serveHere returns a Peer.Serve that hands the copy to the calling
+// goroutine, and the wait that runs it there.
+func serveHere() (serve func(run func()), wait func()) {
+	runc := make(chan func(), 1)
+	return func(run func()) { runc <- run }, func() { (<-runc)() }
+}
+
+// serveInline is the Peer.Serve of a peer whose goroutine calls Splice
+// itself: the copy runs right there.
+func serveInline(run func()) { run() }
 
 // OpenRequest is a sender's request for a stream.
 type OpenRequest struct {

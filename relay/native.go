@@ -219,8 +219,7 @@ func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
 	}
 }
 
-// open serves a sender's OPEN: pairing, then this goroutine copies the
-// sender's bytes to the agent.
+// open serves a sender's OPEN: pairing, then the core's copy.
 func (d *nativeDoor) open(ctx context.Context, conn net.Conn, remote string, f *wire.Open) {
 	req := OpenRequest{HC: f.HC, Token: f.Token, Target: f.Target, Remote: remote,
 		Early: f.Early, Session: SessionID(f.Session),
@@ -283,15 +282,7 @@ func (d *nativeDoor) warm(ctx context.Context, conn net.Conn, remote string, f *
 	d.open(ctx, conn, remote, o)
 }
 
-// serveAs returns a Peer.Serve that hands the copy to this goroutine, and
-// the wait that runs it.
-func serveAs() (serve func(run func()), wait func()) {
-	runc := make(chan func(), 1)
-	return func(run func()) { runc <- run }, func() { (<-runc)() }
-}
-
-// join serves an agent's JOIN: once spliced, this goroutine copies the
-// agent's bytes to the sender.
+// join serves an agent's JOIN: the stream it names takes the connection.
 func (d *nativeDoor) join(conn net.Conn, remote string, f *wire.Join) {
 	if f.Token == "" {
 		// Native agents always prove a listen key on JOIN (a leaked id
@@ -304,9 +295,7 @@ func (d *nativeDoor) join(conn net.Conn, remote string, f *wire.Join) {
 		d.refuse(conn, "join", err)
 		return
 	}
-	serve, wait := serveAs()
-	cl.Join(Peer{Conn: conn, Addr: remote, Serve: serve, Ready: func() error { return writeFrame(conn, &wire.Result{}) }})
-	wait()
+	cl.Join(Peer{Conn: conn, Addr: remote, Ready: func() error { return writeFrame(conn, &wire.Result{}) }})
 }
 
 // nativeParked is an agent's parked data connection.
@@ -335,8 +324,7 @@ func (p *nativeParked) claim() *Claim {
 }
 
 // park holds an agent's pre-opened connection until the core offers it a
-// stream, then reads the agent's answer; once spliced, this goroutine
-// copies the agent's bytes to the sender.
+// stream, then reads the agent's answer and hands the connection over.
 func (d *nativeDoor) park(conn net.Conn, remote string, f *wire.Park) {
 	s := d.core.sessionByID(SessionID(f.Session))
 	if s == nil || s.role != RoleAgent {
@@ -376,9 +364,7 @@ func (d *nativeDoor) park(conn net.Conn, remote string, f *wire.Park) {
 				cl.Fail(&status.Error{Code: f.Code, Msg: f.Msg})
 				return
 			}
-			serve, wait := serveAs()
-			cl.Join(Peer{Conn: conn, Addr: remote, Serve: serve, EarlySent: true})
-			wait()
+			cl.Join(Peer{Conn: conn, Addr: remote, EarlySent: true})
 		default:
 			conn.Close()
 			cl.Fail(status.Errorf(status.BadRequest, "agent sent %s on a parked connection", f.Type()))

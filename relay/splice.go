@@ -24,10 +24,12 @@ type activeStream struct {
 
 func (st *activeStream) cut() { st.joint.Close() }
 
-// Splice tells both sides the stream is established and copies bytes between
-// them until it ends. It owns and closes both connections. The calling
-// goroutine copies sender to agent; the agent's side copies on its own
-// goroutine (Peer.Serve) or one started here.
+// Splice tells both sides the stream is established and starts copying
+// bytes between them; it returns at once (unless the sender's Serve runs
+// its copy inline), and the stream's end is accounted for when it comes.
+// It owns and closes both connections. Each direction's copy runs on its
+// peer's Serve, or on a fresh goroutine, and a direction idle for a while
+// holds none (see stream.Joint).
 func (c *Core) Splice(pr *Pairing, sender Peer) {
 	agent := pr.Agent
 	joint := stream.NewJoint(sender.Conn, agent.Conn)
@@ -46,7 +48,7 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 	c.streamWG.Add(1)
 	c.mu.Unlock()
 	aborted := "" // why the stream ended before it started, if it did
-	defer func() {
+	ended := func() {
 		c.mu.Lock()
 		delete(c.streams, st)
 		c.mu.Unlock()
@@ -55,6 +57,12 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 		c.stats.BytesDown.Add(joint.BToA.Load())
 		c.streamEnded(st, &sender, &agent, aborted)
 		c.streamWG.Done()
+	}
+	started := false
+	defer func() {
+		if !started {
+			ended()
+		}
 	}()
 
 	fail := func(what string, err error) {
@@ -89,13 +97,18 @@ func (c *Core) Splice(pr *Pairing, sender Peer) {
 	}
 	c.stats.StreamsOpened.Add(1)
 	c.streamStarted(st, sender.Addr, agent.Addr, len(pr.early))
+	joint.OnDone(ended)
+	started = true
 	if agent.Serve != nil {
 		agent.Serve(joint.CopyBToA)
 	} else {
 		go joint.CopyBToA()
 	}
-	joint.CopyAToB()
-	<-joint.Done()
+	if sender.Serve != nil {
+		sender.Serve(joint.CopyAToB)
+	} else {
+		go joint.CopyAToB()
+	}
 }
 
 // PassThrough copies between a client's connection and the peer connection
@@ -116,13 +129,13 @@ func (c *Core) PassThrough(client, peer net.Conn, parked bool) {
 	c.passes[j] = parked
 	c.streamWG.Add(1)
 	c.mu.Unlock()
-	go j.CopyBToA()
-	j.CopyAToB()
-	<-j.Done()
-	c.mu.Lock()
-	delete(c.passes, j)
-	c.mu.Unlock()
-	c.streamWG.Done()
+	j.OnDone(func() {
+		c.mu.Lock()
+		delete(c.passes, j)
+		c.mu.Unlock()
+		c.streamWG.Done()
+	})
+	j.Start()
 }
 
 // SetAuth replaces the authentication rules. Every attachment and stream

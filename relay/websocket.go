@@ -356,7 +356,9 @@ func (d *wsDoor) accept(w http.ResponseWriter, r *http.Request, hc, token string
 	}
 	if !wsconn.Upgrade(w, r, wsconn.UpgradeOptions{Subprotocol: proto}, func(ws *wsconn.Conn) {
 		c := d.hold(ws)
-		cl.Join(Peer{Conn: c, Addr: remoteOf(r)})
+		serve, wait := serveHere() // this goroutine stays until c closes: it may as well copy
+		cl.Join(Peer{Conn: c, Addr: remoteOf(r), Serve: serve})
+		wait()
 		<-c.done
 	}) {
 		cl.Fail(status.Errorf(status.Unreachable, "listener's websocket upgrade failed"))
@@ -441,7 +443,7 @@ func (d *wsDoor) connect(w http.ResponseWriter, r *http.Request, hc, suffix, tok
 	}
 	if !wsconn.Upgrade(w, r, wsconn.UpgradeOptions{Subprotocol: proto}, func(ws *wsconn.Conn) {
 		c := d.hold(ws)
-		d.core.Splice(pr, Peer{Conn: c, Addr: remote})
+		d.core.Splice(pr, Peer{Conn: c, Addr: remote, Serve: serveInline})
 		<-c.done
 	}) {
 		pr.Abort()

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -250,6 +251,12 @@ func (a *Admin) mount(mux *http.ServeMux, detail func(*http.Request) bool) {
 	})
 	mux.Handle("GET /{$}", page)
 	mux.Handle("GET /ui/", page)
+	// Go's profiles (heap, goroutines, CPU, trace): what docs/performance.md
+	// measures with, for an operator chasing memory or CPU in production.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
 // MountGuarded adds the admin paths to mux for a listener the public can
@@ -275,7 +282,7 @@ func (a *Admin) MountGuarded(mux *http.ServeMux, token func() string) {
 		}
 		inner.ServeHTTP(w, r)
 	}
-	for _, p := range []string{"GET /metrics", "GET /status", "GET /{$}", "GET /ui/"} {
+	for _, p := range []string{"GET /metrics", "GET /status", "GET /{$}", "GET /ui/", "GET /debug/pprof/"} {
 		mux.HandleFunc(p, guarded)
 	}
 }

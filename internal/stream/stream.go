@@ -43,32 +43,56 @@ func (j *Joint) Run() Counts {
 // running copy reports its bytes at least this often.
 const countChunk = 1 << 20
 
-// copyHalf copies src to dst until src ends, adding to count as it goes,
-// then half-closes dst (or, failing that, ends the stream).
+// half is one direction of a Joint: src copied to dst until src ends,
+// then dst half-closed (or, failing that, the stream ended).
 //
-// An idle stream holds no copy buffer and no splice pipe: when src is a
-// TCP connection the copy first waits for it to be readable, with nothing
-// in hand, then moves what is there — with splice(2) when dst is a TCP
+// An idle half holds no copy buffer and no splice pipe: when src is a TCP
+// connection the copy first waits for it to be readable, with nothing in
+// hand, then moves what is there — with splice(2) when dst is a TCP
 // connection too (io.CopyN of exactly the bytes available, so the kernel
-// pipe goes back to Go's pool at once), else through a pooled buffer.
-func copyHalf(dst, src net.Conn, abort func(), count *atomic.Int64) {
+// pipe goes back to Go's pool at once), else through a pooled buffer. A
+// half that has waited IdleAfter with nothing to move is parked (Linux):
+// its goroutine ends, and a new one takes the copy up when src is readable
+// again, so an idle stream holds no goroutine either.
+type half struct {
+	j        *Joint
+	dst, src net.Conn
+	count    *atomic.Int64
+	tcp      *net.TCPConn    // src's socket, when it can be waited on without reading it
+	rc       syscall.RawConn // tcp's
+	deadline time.Time       // the idle deadline set on tcp; zero: none
+	park     parkState
+}
+
+// run copies until src ends, or until the half is parked.
+func (h *half) run() {
 	var err error
-	if tc := rawTCP(src); tc != nil && idleWait {
-		err = copyTCP(dst, tc, count)
+	if h.tcp != nil {
+		err = h.copyTCP()
+		if err == errParked {
+			return // a parker's goroutine takes it up
+		}
 	} else {
-		err = copyBuffered(dst, src, count)
+		err = copyBuffered(h.dst, h.src, h.count)
 	}
-	if err != nil && err != io.EOF { // EOF is the clean end: anything else ends the stream
-		abort()
+	h.end(err)
+}
+
+// end finishes the half: at a clean end of src (EOF) it half-closes dst;
+// any other end closes the stream.
+func (h *half) end(err error) {
+	defer h.j.finish()
+	if err != nil && err != io.EOF {
+		h.j.closeBoth()
 		return
 	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+	if cw, ok := h.dst.(interface{ CloseWrite() error }); ok {
 		if cw.CloseWrite() == nil {
 			return
 		}
 	}
 	// The destination cannot half-close (or failed to): end the stream.
-	abort()
+	h.j.closeBoth()
 }
 
 // rawTCP returns the TCP connection src reads from directly: src itself,
@@ -94,14 +118,10 @@ func spliceable(dst net.Conn) bool {
 }
 
 // copyTCP copies from a TCP connection: wait, then move what is there.
-func copyTCP(dst net.Conn, src *net.TCPConn, count *atomic.Int64) error {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		return copyBuffered(dst, src, count)
-	}
-	splice := spliceable(dst)
+func (h *half) copyTCP() error {
+	splice := spliceable(h.dst)
 	for {
-		avail, err := waitReadable(rc)
+		avail, err := h.wait()
 		if err != nil {
 			return err
 		}
@@ -110,15 +130,47 @@ func copyTCP(dst net.Conn, src *net.TCPConn, count *atomic.Int64) error {
 		}
 		var n int64
 		if splice {
-			n, err = io.CopyN(dst, src, min(int64(avail), countChunk))
+			n, err = io.CopyN(h.dst, h.tcp, min(int64(avail), countChunk))
 		} else {
-			n, err = copyOnce(dst, src, avail)
+			n, err = copyOnce(h.dst, h.tcp, avail)
 		}
-		count.Add(n)
+		h.count.Add(n)
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// IdleAfter is how long a half waits for bytes on its goroutine before it
+// is parked without one.
+const IdleAfter = time.Second
+
+// errParked says the half was parked: its goroutine must end.
+var errParked = errors.New("stream: parked while idle")
+
+// wait returns how many bytes src has, waiting for some: on this
+// goroutine while the half was busy within IdleAfter, then parked
+// (errParked) where parking is available.
+func (h *half) wait() (int, error) {
+	if !parkingAvailable() {
+		return waitReadable(h.rc)
+	}
+	// The idle deadline is moved only when half spent: a busy stream pays
+	// for it about twice per IdleAfter, not per read.
+	if now := time.Now(); h.deadline.Sub(now) < IdleAfter/2 {
+		h.deadline = now.Add(IdleAfter)
+		h.tcp.SetReadDeadline(h.deadline)
+	}
+	avail, err := waitReadable(h.rc)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return avail, err
+	}
+	h.deadline = time.Time{}
+	h.tcp.SetReadDeadline(time.Time{})
+	if h.parkIdle() {
+		return 0, errParked
+	}
+	return waitReadable(h.rc)
 }
 
 // bufs are the copy buffers of copies that cannot splice, taken only while
@@ -128,7 +180,7 @@ var bufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 // smallBufs hold a copy's place while it waits on a source that cannot be
 // waited on without a read (TLS, WebSocket): small, so an idle stream holds
 // little.
-var smallBufs = sync.Pool{New: func() any { b := make([]byte, 2<<10); return &b }}
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, 1<<10); return &b }}
 
 // copyOnce reads up to want bytes (at most a pooled buffer's worth) from
 // src and writes them to dst.
@@ -228,34 +280,62 @@ func Drain(wg *sync.WaitGroup, grace time.Duration, cut func() int) int {
 	return n
 }
 
-// Joint is a stream's two connections copied by two goroutines the caller
-// owns (typically the two that read each side's handshake), with Pipe's
+// Joint is a stream's two connections copied both ways, with Pipe's
 // semantics: each direction half-closes its destination at EOF, a failed
 // direction closes both, and both are closed once both directions end.
+// Its connections must be closed only through it (Close, Abort, or the
+// copies ending), so that a parked direction learns of it.
 type Joint struct {
-	a, b net.Conn
-	once sync.Once
-	left atomic.Int32
-	cut  atomic.Bool
-	done chan struct{}
-	AToB atomic.Int64 // bytes copied so far, a to b (updated at least every countChunk)
-	BToA atomic.Int64 // bytes copied so far, b to a
+	a, b   net.Conn
+	once   sync.Once
+	left   atomic.Int32
+	cut    atomic.Bool
+	done   chan struct{}
+	onDone func()
+	halves [2]*half     // a to b, b to a
+	AToB   atomic.Int64 // bytes copied so far, a to b (updated at least every countChunk)
+	BToA   atomic.Int64 // bytes copied so far, b to a
 }
 
 // NewJoint prepares copying between a and b. Each of CopyAToB and CopyBToA
 // must be called exactly once, each on its own goroutine (or Abort instead
-// of one that will not run).
+// of one that will not run); or Start calls both.
 func NewJoint(a, b net.Conn) *Joint {
 	j := &Joint{a: a, b: b, done: make(chan struct{})}
 	j.left.Store(2)
+	j.halves[0] = j.newHalf(b, a, &j.AToB)
+	j.halves[1] = j.newHalf(a, b, &j.BToA)
 	return j
 }
 
-// CopyAToB copies a to b until a ends.
-func (j *Joint) CopyAToB() { j.copy(j.b, j.a, &j.AToB) }
+func (j *Joint) newHalf(dst, src net.Conn, count *atomic.Int64) *half {
+	h := &half{j: j, dst: dst, src: src, count: count}
+	if tc := rawTCP(src); tc != nil && idleWait {
+		if rc, err := tc.SyscallConn(); err == nil {
+			h.tcp, h.rc = tc, rc
+		}
+	}
+	return h
+}
 
-// CopyBToA copies b to a until b ends.
-func (j *Joint) CopyBToA() { j.copy(j.a, j.b, &j.BToA) }
+// OnDone sets f to run once both directions have ended and both
+// connections are closed (after Done is closed), on a goroutine of the
+// Joint's. Set it before the copies start.
+func (j *Joint) OnDone(f func()) { j.onDone = f }
+
+// Start runs both directions on goroutines of their own and returns at
+// once: the caller learns of the end from Done or OnDone.
+func (j *Joint) Start() {
+	go j.CopyBToA()
+	go j.CopyAToB()
+}
+
+// CopyAToB copies a to b until a ends. It may return sooner, with the
+// direction parked while idle: it then goes on, on another goroutine.
+func (j *Joint) CopyAToB() { j.halves[0].run() }
+
+// CopyBToA copies b to a until b ends, or parks it, as CopyAToB.
+func (j *Joint) CopyBToA() { j.halves[1].run() }
 
 // Abort stands for a copy that will not run: the stream ends.
 func (j *Joint) Abort() {
@@ -269,6 +349,7 @@ func (j *Joint) Abort() {
 func (j *Joint) Close() {
 	j.cut.Store(true)
 	j.once.Do(func() {
+		j.unpark()
 		Reset(j.a)
 		Reset(j.b)
 	})
@@ -276,6 +357,16 @@ func (j *Joint) Close() {
 
 // Cut reports whether Close ended the stream, rather than its two sides.
 func (j *Joint) Cut() bool { return j.cut.Load() }
+
+// unpark takes parked directions back before their connections close: each
+// ends, on a goroutine of its own (the caller may hold locks its end needs).
+func (j *Joint) unpark() {
+	for _, h := range j.halves {
+		if h.unparkToClose() {
+			go h.end(net.ErrClosed)
+		}
+	}
+}
 
 // Reset closes c with a TCP reset rather than an orderly close, when c is
 // (or wraps) a TCP connection. The TCP connection is closed first, so a TLS
@@ -312,6 +403,7 @@ func (j *Joint) Done() <-chan struct{} { return j.done }
 
 func (j *Joint) closeBoth() {
 	j.once.Do(func() {
+		j.unpark()
 		j.a.Close()
 		j.b.Close()
 	})
@@ -321,10 +413,8 @@ func (j *Joint) finish() {
 	if j.left.Add(-1) == 0 {
 		j.closeBoth()
 		close(j.done)
+		if j.onDone != nil {
+			j.onDone()
+		}
 	}
-}
-
-func (j *Joint) copy(dst, src net.Conn, count *atomic.Int64) {
-	defer j.finish()
-	copyHalf(dst, src, j.closeBoth, count)
 }

@@ -20,6 +20,12 @@ const closeWriteTimeout = 2 * time.Second
 // chunk is the size of the reused buffer for masking and relaying payloads.
 const chunk = 64 << 10
 
+// readBufSize sizes a connection's read buffer: frame headers and small
+// frames go through it; large payloads are read past it, straight into
+// the caller's buffer (bufio does so for reads at least its size). An
+// idle connection holds it, so it is small.
+const readBufSize = 4 << 10
+
 // Conn is one WebSocket connection after its opening handshake. Read and
 // Write may be called concurrently with each other; only one goroutine may
 // read at a time. Every write is one whole frame under the write lock, so
@@ -47,7 +53,7 @@ type Conn struct {
 	onFrame atomic.Pointer[func()]
 
 	wsem       chan struct{} // the write lock (a channel, so Close can give up waiting)
-	wbuf       []byte        // reused: headers, control payloads, masked data
+	wbuf       []byte        // reused: a frame header
 	sentClose  bool
 	writingMsg bool // a MessageWriter is mid-message
 
@@ -72,7 +78,7 @@ func newConn(raw net.Conn, br *bufio.Reader, server bool) *Conn {
 // fuzzers use it; everything else gets a Conn from Upgrade or Dial.
 func NewConn(raw net.Conn, br *bufio.Reader, server bool) *Conn {
 	if br == nil {
-		br = bufio.NewReaderSize(raw, chunk)
+		br = bufio.NewReaderSize(raw, readBufSize)
 	}
 	return newConn(raw, br, server)
 }
@@ -412,12 +418,12 @@ func (c *Conn) writeFrameLocked(fin bool, op byte, p []byte) error {
 	if _, err := rand.Read(key[:]); err != nil {
 		return err
 	}
-	if c.wbuf == nil {
-		c.wbuf = make([]byte, 0, chunk+14)
-	}
 	// Header and the first part of the payload in one write; the rest in
-	// chunks, masked into the reused buffer.
-	b := appendHeader(c.wbuf[:0], fin, op, len(p), &key)
+	// chunks, masked into a pooled buffer (held only while writing: an
+	// idle connection holds none).
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	b := appendHeader((*bp)[:0], fin, op, len(p), &key)
 	pos := 0
 	for {
 		n := min(len(p), cap(b)-len(b))
@@ -431,7 +437,7 @@ func (c *Conn) writeFrameLocked(fin bool, op byte, p []byte) error {
 		if len(p) == 0 {
 			return nil
 		}
-		b = c.wbuf[:0]
+		b = (*bp)[:0]
 	}
 }
 

@@ -203,7 +203,7 @@ func Dial(ctx context.Context, conn net.Conn, u *url.URL, opt DialOptions) (*Con
 	if rest := rec.buf.Bytes()[head+4:]; len(rest) > 0 {
 		r = io.MultiReader(bytes.NewReader(bytes.Clone(rest)), conn)
 	}
-	c := newConn(conn, bufio.NewReaderSize(r, chunk), false)
+	c := newConn(conn, bufio.NewReaderSize(r, readBufSize), false)
 	if len(cfg.Protocol) == 1 && len(opt.Protocols) > 0 {
 		c.subprotocol = cfg.Protocol[0]
 	}

@@ -8,7 +8,9 @@ import (
 	"sync"
 )
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, chunk); return &b }}
+// copyBufs are buffers of chunk bytes (and room for a frame header), taken
+// only while bytes move.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, chunk+14); return &b }}
 
 // ReadFrom copies r into c; io.Copy uses it, and so stream.Pipe and the
 // relay's stream joints. When r is another WebSocket (a *Conn, something
@@ -37,9 +39,7 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 		ws = s.WebSocket()
 	}
 	if ws != nil {
-		bp := copyBufs.Get().(*[]byte)
-		defer copyBufs.Put(bp)
-		n, err := relayFrames(ws, c, *bp, limit)
+		n, err := relayFrames(ws, c, limit)
 		if err != nil {
 			code, reason := CloseGoingAway, "peer connection lost"
 			if errors.Is(err, ErrProtocol) {
@@ -52,20 +52,39 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 	return copyChunks(c, r)
 }
 
-// copyChunks writes what r gives to w, one Write (one frame) per read,
-// through a pooled buffer; io.EOF is a clean end.
+// idleBufs hold a copy's place while it waits for bytes.
+var idleBufs = sync.Pool{New: func() any { b := make([]byte, 1<<10); return &b }}
+
+// copyChunks writes what r gives to w, one Write (one frame) per read;
+// io.EOF is a clean end. While r is idle it waits with a small buffer, and
+// reads into a large pooled one only while reads fill the small one.
 func copyChunks(w io.Writer, r io.Reader) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
 	var n int64
 	for {
-		k, err := r.Read(buf)
+		sp := idleBufs.Get().(*[]byte)
+		k, err := r.Read(*sp)
 		if k > 0 {
-			if _, werr := w.Write(buf[:k]); werr != nil {
+			if _, werr := w.Write((*sp)[:k]); werr != nil {
+				idleBufs.Put(sp)
 				return n, werr
 			}
 			n += int64(k)
+		}
+		full := k == len(*sp)
+		idleBufs.Put(sp)
+		for full && err == nil {
+			bp := copyBufs.Get().(*[]byte)
+			buf := (*bp)[:chunk]
+			k, err = r.Read(buf)
+			if k > 0 {
+				if _, werr := w.Write(buf[:k]); werr != nil {
+					copyBufs.Put(bp)
+					return n, werr
+				}
+				n += int64(k)
+			}
+			full = k == len(buf)
+			copyBufs.Put(bp)
 		}
 		if err == io.EOF {
 			return n, nil
@@ -78,7 +97,7 @@ func copyChunks(w io.Writer, r io.Reader) (int64, error) {
 
 // relayFrames copies src's frames to dst until src's close frame has been
 // passed on or limit payload bytes are passed (nil), or something fails.
-func relayFrames(src, dst *Conn, buf []byte, limit int64) (int64, error) {
+func relayFrames(src, dst *Conn, limit int64) (int64, error) {
 	var n int64
 	for n < limit {
 		if src.readEOF {
@@ -121,9 +140,13 @@ func relayFrames(src, dst *Conn, buf []byte, limit int64) (int64, error) {
 			}
 			continue
 		}
-		// A data frame: same header, payload streamed through a reused
-		// buffer (unmasked from a client, masked towards a server).
-		if err := dst.relayData(src, h, buf); err != nil {
+		// A data frame: same header, payload streamed through a pooled
+		// buffer, taken once the header is in (unmasked from a client,
+		// masked towards a server).
+		bp := copyBufs.Get().(*[]byte)
+		err = dst.relayData(src, h, (*bp)[:chunk])
+		copyBufs.Put(bp)
+		if err != nil {
 			return n, err
 		}
 		n += h.length
