@@ -71,8 +71,9 @@ func (s *benchSetup) pids() []int {
 // one agent, one proxy each); forwarded (a fleet of two relays on a real
 // redis-server, the agent on the first only, the proxy on the second only,
 // so every stream crosses from one relay to the other); and ssh -L
-// (aes128-gcm, two hops: ssh client, sshd) when OpenSSH is installed.
-// only, when not empty, names the setups to run (direct always runs).
+// (aes128-gcm, two hops: ssh client, sshd) when OpenSSH is installed; and
+// the floor, three plain forwarders (bench_floor_test.go). only, when not
+// empty, names the setups to run (direct always runs).
 func startBenchSetups(t *testing.T, res *benchResource, only []string) []*benchSetup {
 	t.Helper()
 	c := newCluster(t, "echo", "blast")
@@ -110,6 +111,7 @@ func startBenchSetups(t *testing.T, res *benchResource, only []string) []*benchS
 		{"ws_tls", func() *benchSetup { return tunnel("ws_tls", "WS+TLS", "websocket", "", true) }},
 		{"forwarded", func() *benchSetup { return startBenchForwarded(t, c, pubs, hcs) }},
 		{"ssh", func() *benchSetup { return startBenchSSH(t, res) }},
+		{"floor", func() *benchSetup { return startBenchFloor(t, res) }},
 	}
 	var setups []*benchSetup
 	for _, s := range all {
