@@ -377,10 +377,6 @@ func greetRounds(t *testing.T, what, addr string, n int) {
 // SSH) reaches an app that only reads: on one stream after another, and on
 // many streams opened at once. (e2e_lifecycle_test.go's
 // TestE2EServerFirstGreeting checks the first streams of a fresh tunnel.)
-//
-// Only the native transport is tested: agent.transport and proxy.transport
-// are parsed but not acted on yet (docs/configuration.md), so a run over the
-// WebSocket fallback belongs here once it exists.
 func TestE2EResourceServerFirst(t *testing.T) {
 	res := startSMTPLike(t)
 	if d, err := readSMTPGreeting(res); err != nil {

@@ -32,6 +32,9 @@ func listen(addr string, reusePort bool) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 
+// handover says whether a successor can share the ports (SO_REUSEPORT).
+const handover = true
+
 // successorListening reports whether more than one socket listens on
 // addr's port: this relay's, and a new process's that took it over.
 func successorListening(addr net.Addr) bool {

@@ -8,5 +8,8 @@ import "net"
 // only; elsewhere a restart briefly refuses connections.
 func listen(addr string, _ bool) (net.Listener, error) { return net.Listen("tcp", addr) }
 
-// successorListening cannot tell off Linux: the handover wait runs out.
+// handover says whether a successor can share the ports: not off Linux.
+const handover = false
+
+// successorListening cannot tell off Linux.
 func successorListening(net.Addr) bool { return false }

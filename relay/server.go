@@ -139,11 +139,19 @@ func (s *Server) loadCert(t *rules.TLS) error {
 // refused so the running relay stays as it is.
 func (s *Server) Apply(cfg *rules.Relay) error {
 	old := s.cfg.Load()
-	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
-		return errors.New("relay: fleet settings changed: restart the relay to apply")
-	}
-	if cfg.Listen != old.Listen || cfg.Admin != old.Admin {
+	if cfg.Listen != old.Listen {
 		return fmt.Errorf("relay: listen addresses changed (%+v → %+v): restart the relay to apply", old.Listen, cfg.Listen)
+	}
+	if cfg.Admin != old.Admin {
+		return fmt.Errorf("relay: admin listener changed (%q → %q): restart the relay to apply", old.Admin, cfg.Admin)
+	}
+	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
+		// Keys, connections and limits must still apply (a revocation
+		// cannot wait for a restart): only the fleet part waits.
+		s.log.Warn("relay.fleet changed: fleet settings apply at the next restart; the rest of this reload applies")
+		next := *cfg
+		next.Fleet = old.Fleet
+		cfg = &next
 	}
 	if (cfg.TLS == nil) != (old.TLS == nil) {
 		return errors.New("relay: tls turned on or off: restart the relay to apply")
@@ -189,6 +197,9 @@ func coreConfig(cfg *rules.Relay) Config {
 // SO_REUSEPORT), so that closing this one's sockets refuses no one. A relay
 // with no client attached has no one to hand over to and stops at once.
 func (s *Server) awaitSuccessor(l *Listeners) {
+	if !handover {
+		return // no successor can bind the ports while they are open
+	}
 	wait := HandoverWait
 	if s.Handover > 0 {
 		wait = s.Handover

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"time"
 	"testing"
 )
 
@@ -770,5 +771,44 @@ func TestFleetSection(t *testing.T) {
 	c, err = Parse("hybrid.yaml", []byte(strings.Replace(base, "relay:\n", "relay:\n  insecure: true\n", 1)+"    redis: \"redis-sentinel://a:26379,b:26379/master\"\n    listen: 0.0.0.0:9353\n    advertise: \"${HYBRID_TEST_ADVERTISE}\"\n    secret: \"fleet-secret-0123456789\"\n"))
 	if err != nil || c.Relay.Fleet.Advertise != "10.1.2.3:9353" {
 		t.Fatalf("advertise from the environment: %v %+v", err, c)
+	}
+}
+
+// TestRelayDurations: the relay's durations take units, days, and a bare 0
+// where zero is allowed; a bare number other than 0 is refused.
+func TestRelayDurations(t *testing.T) {
+	clearEnv(t)
+	tests := []struct {
+		field, value string
+		want         time.Duration
+		wantErr      string
+	}{
+		{"rotation_grace", "0", 0, ""},
+		{"rotation_grace", "0s", 0, ""},
+		{"rotation_grace", "7d", 7 * 24 * time.Hour, ""},
+		{"drain_grace", "0", 0, ""},
+		{"drain_grace", "90s", 90 * time.Second, ""},
+		{"rotation_grace", "5", 0, "want a string"},
+		{"join_timeout", "0", 0, "want a string"}, // below its minimum: zero is no timeout
+	}
+	for _, tt := range tests {
+		t.Run(tt.field+"="+tt.value, func(t *testing.T) {
+			src := "relay:\n  keys: [{name: root, rights: [manage], primary: \"" + keySixteen + "\"}]\n  " +
+				tt.field + ": " + tt.value + "\n"
+			cfg, err := Parse("hybrid.yaml", []byte(src))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]time.Duration{"rotation_grace": cfg.Relay.RotationGrace, "drain_grace": cfg.Relay.DrainGrace}[tt.field]
+			if got != tt.want {
+				t.Fatalf("%s = %v, want %v", tt.field, got, tt.want)
+			}
+		})
 	}
 }

@@ -411,6 +411,9 @@ func (d *decoder) positive(path string, n *yaml.Node) (int, bool) {
 // a whole number of days ("7d"). It must be at least min; "0" is accepted
 // when min is 0.
 func (d *decoder) duration(path string, n *yaml.Node, min time.Duration) (time.Duration, bool) {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!int" && n.Value == "0" && min <= 0 {
+		return 0, true // a bare 0 needs no unit
+	}
 	s, ok := d.str(path, n)
 	if !ok {
 		return 0, false

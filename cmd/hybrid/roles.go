@@ -68,7 +68,7 @@ const reloadHelp = `
 The file is watched while the role runs: a valid change applies at once, an
 invalid one is logged (file:line: field: message) and changes nothing. SIGHUP
 re-reads it now. SIGINT or SIGTERM stop the role cleanly: live streams get
-10 s to finish.`
+10 s to finish (at the relay, relay.drain_grace: 10 min by default).`
 
 // docOf returns the help of the role command use.
 func docOf(use string) roleDoc {
