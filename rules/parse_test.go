@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"time"
 	"testing"
+	"time"
 )
 
 // Key values used in the tests (any string of 16+ characters is a valid key).
