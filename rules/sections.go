@@ -294,7 +294,13 @@ func (d *decoder) fleet(path string, n *yaml.Node) (*Fleet, []listenAddr) {
 		d.fieldErr(path, "needs tls: {cert, key, ca} or secret: relay-to-relay connections are never open unauthenticated")
 	}
 	if f.ID == "" {
-		f.ID = hostname()
+		// Two relays must never share an id: a host name that cannot be
+		// one is an error, not a shared fallback.
+		if h, err := os.Hostname(); err != nil || checkKeyName(h) != nil {
+			d.fieldErr(path+".id", "required: the host name %q cannot be a fleet id (1-256 of A-Z a-z 0-9 . _ -)", h)
+		} else {
+			f.ID = h
+		}
 	}
 	if f.Advertise == "" && len(ls) == 1 && !d.bad(path+".listen") {
 		if ls[0].wildcard() {
