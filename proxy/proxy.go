@@ -416,14 +416,13 @@ func (p *Proxy) forward(ctx context.Context, app net.Conn, c *rules.ProxyConnect
 	p.mu.Lock()
 	p.streams[app] = f
 	p.mu.Unlock()
+	p.log.Debug("stream open", "hc", c.Name, "app", f.app)
 	j.OnDone(func() {
 		p.mu.Lock()
 		p.dropStreamLocked(app)
 		p.mu.Unlock()
-		if p.log.IsDebug() {
-			p.log.Debug("stream closed", "hc", c.Name, "app", f.app, "up", j.AToB.Load(), "down", j.BToA.Load(),
-				"duration", time.Since(f.since).Round(time.Millisecond))
-		}
+		p.log.Debug("stream closed", "hc", c.Name, "app", f.app, "up", j.AToB.Load(), "down", j.BToA.Load(),
+			"duration", time.Since(f.since).Round(time.Millisecond))
 		done()
 	})
 	j.Start()
