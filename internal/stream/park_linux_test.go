@@ -1,7 +1,13 @@
 package stream
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
+	"math/big"
 	"net"
 	"runtime"
 	"sync/atomic"
@@ -19,13 +25,19 @@ func waitGoroutines(n int) int {
 	return runtime.NumGoroutine()
 }
 
-// TestIdleStreamsParked: idle streams hold no goroutine; each still
-// carries bytes both ways, half-closes, and ends with its callback, after
-// being parked and taken up again; one closed while parked ends too.
+// TestIdleStreamsParked: idle streams hold no goroutine, over plain TCP
+// and over TLS; each still carries bytes both ways, half-closes, and ends
+// with its callback, after being parked and taken up again; one closed
+// while parked ends too.
 func TestIdleStreamsParked(t *testing.T) {
 	if !parkingAvailable() {
 		t.Fatal("no epoll set for parking")
 	}
+	t.Run("tcp", func(t *testing.T) { testParked(t, tcpPair) })
+	t.Run("tls", func(t *testing.T) { testParked(t, tlsPair) })
+}
+
+func testParked(t *testing.T, pairOf func(*testing.T) (net.Conn, net.Conn)) {
 	const streams = 50
 	base := runtime.NumGoroutine()
 	type pair struct{ client, server net.Conn }
@@ -33,8 +45,8 @@ func TestIdleStreamsParked(t *testing.T) {
 	var joints []*Joint
 	var ended atomic.Int32
 	for i := 0; i < streams; i++ {
-		client, a := tcpPair(t)
-		b, server := tcpPair(t)
+		client, a := pairOf(t)
+		b, server := pairOf(t)
 		j := NewJoint(a, b)
 		j.OnDone(func() { ended.Add(1) })
 		j.Start()
@@ -60,14 +72,14 @@ func TestIdleStreamsParked(t *testing.T) {
 	// Half-close of a parked stream: the client's EOF reaches the server,
 	// whose answer still comes back.
 	p := pairs[0]
-	p.client.(*net.TCPConn).CloseWrite()
+	p.client.(interface{ CloseWrite() error }).CloseWrite()
 	if b, err := io.ReadAll(p.server); err != nil || len(b) != 0 {
 		t.Fatalf("server read %q, %v: want EOF", b, err)
 	}
 	if _, err := p.server.Write([]byte("bye")); err != nil {
 		t.Fatal(err)
 	}
-	p.server.(*net.TCPConn).CloseWrite()
+	p.server.(interface{ CloseWrite() error }).CloseWrite()
 	if b, err := io.ReadAll(p.client); err != nil || string(b) != "bye" {
 		t.Fatalf("client read %q, %v", b, err)
 	}
@@ -117,4 +129,33 @@ func roundTrip(t *testing.T, from, to net.Conn, msg string) {
 		t.Fatalf("read %q, %v: want %q", b, err, msg)
 	}
 	to.SetReadDeadline(time.Time{})
+}
+
+// tlsPair returns the two ends of a loopback TLS connection (handshake
+// done), with a throwaway certificate.
+func tlsPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	c, s := tcpPair(t)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+	ts := tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
+	errc := make(chan error, 1)
+	go func() { errc <- ts.Handshake() }()
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return tc, ts
 }

@@ -4,6 +4,7 @@
 package stream
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -53,27 +54,33 @@ const countChunk = 1 << 20
 // pipe goes back to Go's pool at once), else through a pooled buffer. A
 // half that has waited IdleAfter with nothing to move is parked (Linux):
 // its goroutine ends, and a new one takes the copy up when src is readable
-// again, so an idle stream holds no goroutine either.
+// again, so an idle stream holds no goroutine either. A TLS source is
+// parked the same way, on the socket under it (see copyTLS).
 type half struct {
 	j        *Joint
 	dst, src net.Conn
 	count    *atomic.Int64
 	tcp      *net.TCPConn    // src's socket, when it can be waited on without reading it
-	rc       syscall.RawConn // tcp's
-	deadline time.Time       // the idle deadline set on tcp; zero: none
+	tls      *tls.Conn       // src, when it is TLS over a socket parking can watch
+	rc       syscall.RawConn // the socket's (tcp's, or the one under tls)
+	dl       net.Conn        // what the idle deadline is set on: tcp or tls
+	deadline time.Time       // the idle deadline set on dl; zero: none
 	park     parkState
 }
 
 // run copies until src ends, or until the half is parked.
 func (h *half) run() {
 	var err error
-	if h.tcp != nil {
+	switch {
+	case h.tcp != nil:
 		err = h.copyTCP()
-		if err == errParked {
-			return // a parker's goroutine takes it up
-		}
-	} else {
+	case h.tls != nil:
+		err = h.copyTLS()
+	default:
 		err = copyBuffered(h.dst, h.src, h.count)
+	}
+	if err == errParked {
+		return // a parker's goroutine takes it up
 	}
 	h.end(err)
 }
@@ -155,22 +162,74 @@ func (h *half) wait() (int, error) {
 	if !parkingAvailable() {
 		return waitReadable(h.rc)
 	}
-	// The idle deadline is moved only when half spent: a busy stream pays
-	// for it about twice per IdleAfter, not per read.
-	if now := time.Now(); h.deadline.Sub(now) < IdleAfter/2 {
-		h.deadline = now.Add(IdleAfter)
-		h.tcp.SetReadDeadline(h.deadline)
-	}
+	h.armIdle()
 	avail, err := waitReadable(h.rc)
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return avail, err
 	}
-	h.deadline = time.Time{}
-	h.tcp.SetReadDeadline(time.Time{})
+	h.disarmIdle()
 	if h.parkIdle() {
 		return 0, errParked
 	}
 	return waitReadable(h.rc)
+}
+
+// armIdle sets the idle deadline on src. It is moved only when half spent:
+// a busy stream pays for it about twice per IdleAfter, not per read.
+func (h *half) armIdle() {
+	if now := time.Now(); h.deadline.Sub(now) < IdleAfter/2 {
+		h.deadline = now.Add(IdleAfter)
+		h.dl.SetReadDeadline(h.deadline)
+	}
+}
+
+// disarmIdle clears the idle deadline.
+func (h *half) disarmIdle() {
+	h.deadline = time.Time{}
+	h.dl.SetReadDeadline(time.Time{})
+}
+
+// copyTLS copies from a TLS connection as copyBuffered does, except that a
+// read which finds nothing for IdleAfter parks the half on the socket
+// under the TLS layer. A read deadline does not harm a tls.Conn (a write
+// timeout would): a record it has begun stays for the next read, and when
+// a read times out the TLS layer holds no whole record, so the socket's
+// readability is what brings the next bytes.
+func (h *half) copyTLS() error {
+	for {
+		h.armIdle()
+		sp := smallBufs.Get().(*[]byte)
+		n, err := h.src.Read(*sp)
+		if n > 0 {
+			_, werr := h.dst.Write((*sp)[:n])
+			h.count.Add(int64(n))
+			if werr != nil {
+				smallBufs.Put(sp)
+				return werr
+			}
+		}
+		full := n == len(*sp)
+		smallBufs.Put(sp)
+		if err != nil {
+			if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				h.disarmIdle()
+				if h.parkIdle() {
+					return errParked
+				}
+				continue
+			}
+			return err
+		}
+		for full { // more is coming: big reads until one comes back short
+			var m int64
+			m, err = copyOnce(h.dst, h.src, countChunk)
+			h.count.Add(m)
+			if err != nil && !(m == 0 && errors.Is(err, os.ErrDeadlineExceeded)) {
+				return err
+			}
+			full = m == 64<<10
+		}
+	}
 }
 
 // bufs are the copy buffers of copies that cannot splice, taken only while
@@ -312,7 +371,13 @@ func (j *Joint) newHalf(dst, src net.Conn, count *atomic.Int64) *half {
 	h := &half{j: j, dst: dst, src: src, count: count}
 	if tc := rawTCP(src); tc != nil && idleWait {
 		if rc, err := tc.SyscallConn(); err == nil {
-			h.tcp, h.rc = tc, rc
+			h.tcp, h.rc, h.dl = tc, rc, tc
+		}
+	} else if t, ok := src.(*tls.Conn); ok && parkingAvailable() {
+		if tc := TCPOf(t); tc != nil {
+			if rc, err := tc.SyscallConn(); err == nil {
+				h.tls, h.rc, h.dl = t, rc, t
+			}
 		}
 	}
 	return h
