@@ -77,7 +77,7 @@ func (h *half) run() {
 	case h.tls != nil:
 		err = h.copyTLS()
 	default:
-		err = copyBuffered(h.dst, h.src, h.count)
+		err = h.copyBuffered()
 	}
 	if err == errParked {
 		return // a parker's goroutine takes it up
@@ -195,42 +195,7 @@ func (h *half) disarmIdle() {
 // timeout would): a record it has begun stays for the next read, and when
 // a read times out the TLS layer holds no whole record, so the socket's
 // readability is what brings the next bytes.
-func (h *half) copyTLS() error {
-	for {
-		h.armIdle()
-		sp := smallBufs.Get().(*[]byte)
-		n, err := h.src.Read(*sp)
-		if n > 0 {
-			_, werr := h.dst.Write((*sp)[:n])
-			h.count.Add(int64(n))
-			if werr != nil {
-				smallBufs.Put(sp)
-				return werr
-			}
-		}
-		full := n == len(*sp)
-		smallBufs.Put(sp)
-		if err != nil {
-			if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-				h.disarmIdle()
-				if h.parkIdle() {
-					return errParked
-				}
-				continue
-			}
-			return err
-		}
-		for full { // more is coming: big reads until one comes back short
-			var m int64
-			m, err = copyOnce(h.dst, h.src, countChunk)
-			h.count.Add(m)
-			if err != nil && !(m == 0 && errors.Is(err, os.ErrDeadlineExceeded)) {
-				return err
-			}
-			full = m == 64<<10
-		}
-	}
-}
+func (h *half) copyTLS() error { return h.copyReads(true) }
 
 // bufs are the copy buffers of copies that cannot splice, taken only while
 // bytes flow.
@@ -239,7 +204,10 @@ var bufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 // smallBufs hold a copy's place while it waits on a source that cannot be
 // waited on without a read (TLS, WebSocket): small, so an idle stream holds
 // little.
-var smallBufs = sync.Pool{New: func() any { b := make([]byte, 1<<10); return &b }}
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+
+// smallBufSize sizes the buffer of an idle read.
+const smallBufSize = 1 << 10
 
 // copyOnce reads up to want bytes (at most a pooled buffer's worth) from
 // src and writes them to dst.
@@ -256,17 +224,17 @@ func copyOnce(dst io.Writer, src io.Reader, want int) (int64, error) {
 	return int64(n), err
 }
 
-// copyBuffered copies from a source that cannot be waited on: it reads into
-// a small buffer while idle, and into a large pooled one while reads fill
-// the small one.
-func copyBuffered(dst net.Conn, src io.Reader, count *atomic.Int64) error {
-	if rf, ok := dst.(io.ReaderFrom); ok && !spliceable(dst) {
+// copyBuffered copies from a source that cannot be waited on (a
+// WebSocket): into a WebSocket destination frame by frame (see
+// wsconn.Conn.ReadFrom), else read by read (copyReads).
+func (h *half) copyBuffered() error {
+	if rf, ok := h.dst.(io.ReaderFrom); ok && !spliceable(h.dst) {
 		// The destination copies frames its own way (a WebSocket relaying
 		// another's messages).
-		if _, ok := src.(io.WriterTo); !ok {
+		if _, ok := h.src.(io.WriterTo); !ok {
 			for {
-				n, err := rf.ReadFrom(io.LimitReader(src, countChunk))
-				count.Add(n)
+				n, err := rf.ReadFrom(io.LimitReader(h.src, countChunk))
+				h.count.Add(n)
 				if err != nil {
 					return err
 				}
@@ -276,31 +244,46 @@ func copyBuffered(dst net.Conn, src io.Reader, count *atomic.Int64) error {
 			}
 		}
 	}
+	return h.copyReads(false)
+}
+
+// copyReads copies src to dst read by read: into a small buffer while src
+// is idle, into a large pooled one while reads bring more than the small
+// one holds (so a TLS record, up to 16 KiB, goes on whole). With park set,
+// a read that finds nothing for IdleAfter parks the half (errParked).
+func (h *half) copyReads(park bool) error {
+	big := false
 	for {
-		sp := smallBufs.Get().(*[]byte)
-		n, err := src.Read(*sp)
+		if park {
+			h.armIdle()
+		}
+		pool := &smallBufs
+		if big {
+			pool = &bufs
+		}
+		bp := pool.Get().(*[]byte)
+		n, err := h.src.Read(*bp)
 		if n > 0 {
-			_, werr := dst.Write((*sp)[:n])
-			count.Add(int64(n))
+			_, werr := h.dst.Write((*bp)[:n])
+			h.count.Add(int64(n))
 			if werr != nil {
-				smallBufs.Put(sp)
+				pool.Put(bp)
 				return werr
 			}
 		}
-		full := n == len(*sp)
-		smallBufs.Put(sp)
-		if err != nil {
-			return err
+		pool.Put(bp)
+		big = n >= smallBufSize
+		if err == nil {
+			continue
 		}
-		for full { // more is coming: big reads until one comes back short
-			var m int64
-			m, err = copyOnce(dst, src, countChunk)
-			count.Add(m)
-			if err != nil {
-				return err
+		if park && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			h.disarmIdle()
+			if h.parkIdle() {
+				return errParked
 			}
-			full = m == 64<<10
+			continue
 		}
+		return err
 	}
 }
 
