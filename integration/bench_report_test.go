@@ -133,7 +133,7 @@ func (r *benchRun) report() {
 		fmt.Println()
 	}
 	fmt.Printf("\n%s\n", r.settings.describe())
-	fmt.Println("RSS: summed over the processes between client and resource (relay, agent, proxy; forwarded: 2 relays, agent, proxy; ssh -L: ssh, sshd); kernel: Slab growth")
+	fmt.Println("RSS: summed over the processes between client and resource (relay, agent, proxy; forwarded: 2 relays, agent, proxy; ssh -L: ssh, sshd; 3 forwarders: the three); kernel: Slab growth")
 	for _, s := range r.setups {
 		if s.Skipped != "" {
 			fmt.Printf("not run: %s: %s\n", s.Name, s.Skipped)
