@@ -334,7 +334,7 @@ func (d *wsDoor) serveRequest(w http.ResponseWriter, r *http.Request) {
 	defer t.Stop()
 	select {
 	case cr := <-ex.resp:
-		d.writeResponse(w, cr.head, bytes.NewReader(cr.body), cr.head.Body, set.maxBody, ns, log)
+		d.writeResponse(w, r, cr.head, bytes.NewReader(cr.body), cr.head.Body, set.maxBody, ns, log)
 	case rv := <-ex.rv:
 		d.overRendezvous(w, r, rv, ex, &full, set.maxBody, ns, log)
 	case err := <-ex.failed:
@@ -420,7 +420,7 @@ func (d *wsDoor) overRendezvous(w http.ResponseWriter, r *http.Request, rv *wsco
 		// timeout (Azure: an idle response is ended after 60 s).
 		body = &idleReader{r: mr, conn: rv, idle: d.requestTimeout}
 	}
-	d.writeResponse(w, m.Response, body, m.Response.Body, maxBody, ns, log)
+	d.writeResponse(w, r, m.Response, body, m.Response.Body, maxBody, ns, log)
 }
 
 var errBodyTooLarge = errors.New("request body over relay.max_http_body")
@@ -482,12 +482,12 @@ func (i *idleReader) Read(p []byte) (int, error) {
 }
 
 // writeResponse passes a listener's response to the sender: its status
-// (the reason phrase is net/http's standard one), its headers without
-// hop-by-hop ones, Via, and the body streamed, at most maxBody bytes (a
-// longer one is cut, and the sender's connection aborted so it cannot take
-// the truncation for the whole).
-func (d *wsDoor) writeResponse(w http.ResponseWriter, head *wsResponse, body io.Reader, hasBody bool, maxBody int64, ns string,
-	log hclog.Logger) {
+// and reason phrase (statusDescription, as Azure passes it), its headers
+// without hop-by-hop ones, Via, and the body streamed, at most maxBody
+// bytes (a longer one is cut, and the sender's connection aborted so it
+// cannot take the truncation for the whole).
+func (d *wsDoor) writeResponse(w http.ResponseWriter, r *http.Request, head *wsResponse, body io.Reader, hasBody bool,
+	maxBody int64, ns string, log hclog.Logger) {
 	code := head.status()
 	if code == 0 {
 		log.Warn("listener answered with an invalid status", "status", string(head.StatusCode))
@@ -499,6 +499,12 @@ func (d *wsDoor) writeResponse(w http.ResponseWriter, head *wsResponse, body io.
 		h[k] = v
 	}
 	h.Add("Via", "1.1 "+ns)
+	if reason := reasonPhrase(head.StatusDescription, ""); reason != "" && reason != http.StatusText(code) && r.ProtoMajor == 1 {
+		if hj, ok := w.(http.Hijacker); ok {
+			writeWithReason(hj, r, code, reason, h, body, hasBody, maxBody, log)
+			return
+		}
+	}
 	w.WriteHeader(code)
 	if !hasBody || body == nil {
 		return
@@ -512,6 +518,51 @@ func (d *wsDoor) writeResponse(w http.ResponseWriter, head *wsResponse, body io.
 		log.Warn("response body ended early", "error", err, "bytes", n)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// writeWithReason writes the response itself on the sender's connection,
+// since net/http always writes the standard reason phrase: HTTP/1.1, the
+// body chunked (or none for HEAD and bodiless statuses), and the
+// connection closed after it.
+func writeWithReason(hj http.Hijacker, r *http.Request, code int, reason string, h http.Header,
+	body io.Reader, hasBody bool, maxBody int64, log hclog.Logger) {
+	conn, bw, err := hj.Hijack()
+	if err != nil {
+		log.Warn("cannot write the listener's reason phrase", "error", err)
+		return
+	}
+	defer conn.Close()
+	h = h.Clone()
+	if h.Get("Date") == "" {
+		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	resp := &http.Response{Status: strconv.Itoa(code) + " " + reason, StatusCode: code, Proto: "HTTP/1.1",
+		ProtoMajor: 1, ProtoMinor: 1, Header: h, Close: true, Request: r, ContentLength: -1}
+	if !hasBody || body == nil || r.Method == http.MethodHead {
+		resp.ContentLength = 0
+	} else {
+		resp.Body = io.NopCloser(&capped{r: body, left: maxBody})
+	}
+	if err := resp.Write(bw); err != nil {
+		log.Warn("response to the sender ended early", "error", err)
+		return
+	}
+	bw.Flush()
+}
+
+// capped reads r until left bytes have passed, then fails: a body over the
+// cap is cut, not truncated silently.
+type capped struct {
+	r    io.Reader
+	left int64
+}
+
+func (c *capped) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if c.left -= int64(n); c.left < 0 {
+		return 0, errBodyTooLarge
+	}
+	return n, err
 }
 
 // requestRendezvous is sb-hc-action=request: a listener takes the

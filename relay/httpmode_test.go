@@ -123,7 +123,8 @@ func TestHTTPModeRoundTrips(t *testing.T) {
 			}
 			defer resp.Body.Close()
 			b, err := io.ReadAll(resp.Body)
-			if err != nil || resp.StatusCode != 201 || resp.Header.Get("Via") != "1.1 "+ns || resp.Header.Get("X-Listener") != "" {
+			// The listener's statusDescription is the reason phrase.
+			if err != nil || resp.Status != "201 Made It" || resp.Header.Get("Via") != "1.1 "+ns || resp.Header.Get("X-Listener") != "" {
 				t.Fatalf("%s %v via %q x-listener %q (hop-by-hop by Connection)", resp.Status, err, resp.Header.Get("Via"), resp.Header.Get("X-Listener"))
 			}
 			if tc.wantBytes > 0 && len(b) != tc.wantBytes {
@@ -345,4 +346,43 @@ func FuzzResponse(f *testing.F) {
 			t.Fatalf("Connection %q passed", v)
 		}
 	})
+}
+
+// TestHTTPModeReasonPhrase: the listener's statusDescription reaches the
+// sender as the reason phrase, with the body; one that tries to inject a
+// header is flattened to printable text; none means the standard phrase.
+func TestHTTPModeReasonPhrase(t *testing.T) {
+	r := startRelay(t)
+	httpListener(t, r, "pg", func(req *relayclient.Request) {
+		ctx := context.Background()
+		req.Open(ctx)
+		io.Copy(io.Discard, req.Body)
+		switch req.Target {
+		case "/pg/teapot":
+			req.Respond(ctx, 418, "Short and stout", nil, strings.NewReader("tea"))
+		case "/pg/inject":
+			req.Respond(ctx, 409, "Busy\r\nX-Injected: 1", nil, nil)
+		default:
+			req.Respond(ctx, 200, "", nil, strings.NewReader("plain"))
+		}
+	})
+	tests := []struct{ path, status, body string }{
+		{"pg/teapot", "418 Short and stout", "tea"},
+		{"pg/inject", "409 BusyX-Injected: 1", ""},
+		{"pg/plain", "200 OK", "plain"},
+	}
+	for _, tc := range tests {
+		req, _ := http.NewRequest("GET", httpURL(r, tc.path), nil)
+		req.Header.Set("ServiceBusAuthorization", token("pg", "apps", sendKey))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.Status != tc.status || string(b) != tc.body || resp.Header.Get("X-Injected") != "" ||
+			resp.Header.Get("Via") != "1.1 "+ns {
+			t.Errorf("%s: %q %q %v, headers %v", tc.path, resp.Status, b, err, resp.Header)
+		}
+	}
 }
