@@ -5,13 +5,19 @@ package integration
 // robin), with agents and proxies that know only HAProxy's address.
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -304,4 +310,145 @@ func TestFleetFailures(t *testing.T) {
 		}
 		f.relays[0].Proc.WaitLog(t, regexp.MustCompile(`peer connection refused: .*bad fleet credential`), 10*time.Second)
 	})
+	// Last: it stops the fleet. A proxy through the balancer has warm
+	// connections on every relay, most of them for its session at another
+	// relay; a stopping relay closes those at once instead of waiting for
+	// that session to end.
+	t.Run("stopping relays exit with warm connections of other relays' sessions", func(t *testing.T) {
+		pw := c.startProxy(t, []*crelay{f.lb}, []string{"echo"}, "  pool: 8\n")
+		if err := probe(pw.Listen["echo"]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // the pool refills through the balancer
+		var wg sync.WaitGroup
+		took := make([]time.Duration, len(f.relays))
+		for i, r := range f.relays {
+			if i == 1 {
+				continue // killed above
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				start := time.Now()
+				r.Proc.Signal(syscall.SIGTERM)
+				select {
+				case <-r.Proc.Done():
+					took[i] = time.Since(start)
+				case <-time.After(12 * time.Second):
+					took[i] = -1
+				}
+			}()
+		}
+		wg.Wait()
+		t.Logf("relays a and c exited %v and %v after SIGTERM (-1ns: not within 12 s)", took[0].Round(time.Millisecond), took[2].Round(time.Millisecond))
+		for i, d := range took {
+			if d < 0 {
+				t.Errorf("relay %c still running 12 s after SIGTERM, with no stream left:\n%s", 'a'+i, tailLines(f.relays[i].Proc.Output(), 30))
+			}
+		}
+	})
+}
+
+// TestFleetHTTPMode: HTTP-mode requests through the balancer reach the one
+// agent that takes them, whichever relay they land on: a request for a
+// connection with no listener where it lands is piped, with its
+// connection, to a relay that has one; a rendezvous for a large body that
+// the agent dials back through the balancer is piped to the relay that
+// made its id. Small and 1 MiB bodies, chunked bodies, keep-alive.
+func TestFleetHTTPMode(t *testing.T) {
+	api := onpremAPI(t)
+	c := newCluster(t, "api")
+	f := startFleet(t, c, 3)
+	c.startAgent(t, []*crelay{f.lb}, map[string]string{"api": "http://" + api.Listener.Addr().String()}, "  transport: websocket\n")
+	tok := e2eToken("api", "apps", c.Keys["api"].Apps)
+	var home *crelay
+	waitFor(t, "every relay to see the agent", 15*time.Second, func() bool {
+		home = nil
+		for _, r := range f.relays {
+			if r.status(t).Relay.Listening["api"] > 0 {
+				home = r
+			}
+		}
+		if home == nil {
+			return false
+		}
+		// The others know it from the directory.
+		code, _ := fleetHTTP(t, &http.Client{Timeout: 30 * time.Second}, f.otherThan(home).url(), tok, nil, 0)
+		return code == http.StatusOK
+	})
+
+	fresh := &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	kept := &http.Client{Timeout: 90 * time.Second}
+	other := f.otherThan(home)
+	for _, tc := range []struct {
+		what   string
+		client *http.Client
+		base   string
+		n      int
+		body   int
+		chunk  bool
+	}{
+		{"GET through the balancer, a connection each", fresh, f.lb.url(), 30, 0, false},
+		{"GET to a relay without the agent, keep-alive", kept, other.url(), 10, 0, false},
+		{"POST 1 MiB through the balancer (rendezvous)", fresh, f.lb.url(), 6, 1 << 20, false},
+		{"POST 200 KiB chunked through the balancer", fresh, f.lb.url(), 4, 200 << 10, true},
+		{"POST 10 KiB to a relay without the agent", kept, other.url(), 5, 10 << 10, false},
+	} {
+		ok := 0
+		start := time.Now()
+		for i := 0; i < tc.n; i++ {
+			var body []byte
+			if tc.body > 0 {
+				body = make([]byte, tc.body)
+				for j := range body {
+					body[j] = byte(i + j*13)
+				}
+			}
+			code, seen := fleetHTTP(t, tc.client, tc.base, tok, body, map[bool]int{true: -1, false: len(body)}[tc.chunk])
+			if code != http.StatusOK {
+				t.Fatalf("%s: request %d: %d %s", tc.what, i, code, seen)
+			}
+			sum := sha256.Sum256(body)
+			if !strings.Contains(seen, hex.EncodeToString(sum[:])) {
+				t.Fatalf("%s: request %d: the API saw %s", tc.what, i, seen)
+			}
+			ok++
+		}
+		t.Logf("%s: %d of %d answered 200 with the body intact, in %v", tc.what, ok, tc.n, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// otherThan returns a relay of the fleet other than r.
+func (f *fleetEnv) otherThan(r *crelay) *crelay {
+	for _, o := range f.relays {
+		if o != r {
+			return o
+		}
+	}
+	return nil
+}
+
+// fleetHTTP sends an HTTP-mode request to base/api/x with body (GET when
+// nil; length -1: chunked) and returns the status and what the API says.
+func fleetHTTP(t *testing.T, cl *http.Client, base, tok string, body []byte, length int) (int, string) {
+	t.Helper()
+	method, rd := http.MethodGet, io.Reader(nil)
+	if body != nil {
+		method, rd = http.MethodPost, bytes.NewReader(body)
+		if length < 0 {
+			rd = io.MultiReader(rd) // hides the length: chunked
+		}
+	}
+	req, err := http.NewRequest(method, base+"/api/x", rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("ServiceBusAuthorization", tok)
+	resp, err := cl.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(b)
 }

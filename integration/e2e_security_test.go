@@ -37,6 +37,9 @@ func TestSecurityOpenFlood(t *testing.T) {
 	c := newCluster(t, "echo")
 	r := c.startRelay(t, "  limits: {pending: 400, pending_per_key: 100, per_source: 5000, connections: 20000}\n")
 	a := c.startAgent(t, []*crelay{r}, map[string]string{"echo": echo.Addr}, "")
+	// The relay logs the agent's channel before the agent hears WELCOME, but
+	// its output reaches the harness through a pipe: wait for the line.
+	r.Proc.WaitLog(t, "client connected", e2eStartTimeout)
 	connectedBefore := strings.Count(r.Proc.Output(), "client connected")
 	client := relayclient.New(relayclient.Endpoint{Host: "127.0.0.1", Control: r.Control, Data: r.Data, HTTP: r.HTTP, Namespace: e2eNamespace})
 	tok := e2eToken("echo", "apps", c.Keys["echo"].Apps)

@@ -227,6 +227,7 @@ type Core struct {
 	pending   map[StreamID]*attempt
 	streams   map[*activeStream]struct{}
 	passes    map[*stream.Joint]bool // connections carried whole to another relay; true: parked
+	held      map[net.Conn]struct{}  // idle client connections tied to no session here (Hold)
 	streamWG  sync.WaitGroup         // streams and passes
 
 	stats Stats
@@ -251,6 +252,9 @@ type Core struct {
 type Fleet interface {
 	// HasRemote reports whether another relay has a listener for hc.
 	HasRemote(hc string) bool
+	// Holders returns the id prefixes of the other relays with a healthy
+	// listener for hc, the most listeners first (for Pipe).
+	Holders(hc string) [][4]byte
 	// Forward offers a stream that no agent here can take to relays whose
 	// agents can; on success the connection carries it, joined. A refusal
 	// is a *status.Error; status.NoListener when no relay takes it (with
@@ -346,6 +350,7 @@ func NewCore(log hclog.Logger, a *Auth, cfg Config) *Core {
 		pending:  map[StreamID]*attempt{},
 		streams:  map[*activeStream]struct{}{},
 		passes:   map[*stream.Joint]bool{},
+		held:     map[net.Conn]struct{}{},
 		fails:    limit.NewFailures(),
 	}
 	c.SetConfig(cfg)
@@ -890,6 +895,9 @@ func (c *Core) Shutdown(ctx context.Context) {
 			j.Close() // an idle parked connection: its agent parks another elsewhere
 		}
 	}
+	for conn := range c.held {
+		conn.Close() // its client opens another, elsewhere
+	}
 	c.mu.Unlock()
 	c.CloseSessions(status.Errorf(status.ShuttingDown, "relay is stopping"))
 	done := make(chan struct{})
@@ -908,6 +916,30 @@ func (c *Core) Shutdown(ctx context.Context) {
 	}
 	c.mu.Unlock()
 	<-done
+}
+
+// Hold registers an idle client connection that waits for its first
+// frame tied to no session of this relay (a proxy's warm connection for a
+// session at another relay of the fleet): Shutdown closes it at once,
+// since no session's end will. It reports false, and closes conn, when
+// the relay is already stopping. The caller must Release it.
+func (c *Core) Hold(conn net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		conn.Close()
+		return false
+	}
+	c.held[conn] = struct{}{}
+	return true
+}
+
+// Release ends what Hold began: the connection carries a stream now, or
+// is gone.
+func (c *Core) Release(conn net.Conn) {
+	c.mu.Lock()
+	delete(c.held, conn)
+	c.mu.Unlock()
 }
 
 // GoAway tells every client the relay is going away (a GOAWAY frame, or

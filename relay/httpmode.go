@@ -25,10 +25,10 @@ package relay
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -42,6 +42,7 @@ import (
 	"github.com/hybridconn/hybrid/internal/httphdr"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
+	"github.com/hybridconn/hybrid/internal/wire"
 	"github.com/hybridconn/hybrid/internal/wsconn"
 )
 
@@ -220,6 +221,9 @@ func (d *wsDoor) serveRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	all, chans := d.core.requestListeners(hc)
 	if all == 0 {
+		if d.pipeRequest(w, r, hc) {
+			return
+		}
 		httpError(w, status.NoListener, http.StatusBadGateway, "no listener for "+strconv.Quote(hc))
 		return
 	}
@@ -229,8 +233,9 @@ func (d *wsDoor) serveRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	var idb [16]byte
-	rand.Read(idb[:])
+	// The id carries the relay's prefix, so a rendezvous for it that lands
+	// on another relay of the fleet is piped here.
+	idb, _ := d.core.newID()
 	ex := &exchange{id: hex.EncodeToString(idb[:]), hc: hc, rv: make(chan *wsconn.Conn, 1),
 		resp: make(chan *ctlResponse, 1), failed: make(chan error, 1), done: make(chan struct{})}
 	d.mu.Lock()
@@ -565,6 +570,72 @@ func (c *capped) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// pipeRequest hands a request for a connection with no listener here to
+// a relay of the fleet that has one, with its client connection: that
+// relay answers it and closes the connection (the request goes with
+// "Connection: close" added), so a pipe lives for one request, and a
+// client's next request is balanced again. A connection that came from
+// another relay is not passed on again (one hop). It reports whether it
+// took the request (answered, or piped).
+func (d *wsDoor) pipeRequest(w http.ResponseWriter, r *http.Request, hc string) bool {
+	f := d.core.fleet
+	if f == nil || piped(r.Context()) {
+		return false
+	}
+	holders := f.Holders(hc)
+	hj, ok := w.(http.Hijacker)
+	if len(holders) == 0 || !ok {
+		return false
+	}
+	head := requestHead(r)
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return true
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n) // the body's start, or the next request
+		head = append(head, b...)
+	}
+	conn.SetDeadline(time.Time{}) // the server's, for its own reads
+	remote := conn.RemoteAddr().String()
+	var last error
+	for _, p := range holders {
+		peer, err := f.Pipe(d.ctx, p, wire.PipeHTTP, remote, head)
+		if err == nil {
+			d.core.PassThrough(conn, peer, false)
+			return true
+		}
+		last = err
+	}
+	d.log.Warn("http request for another relay of the fleet failed", "hc", hc, "remote", remote, "error", last)
+	msg := "no listener for " + strconv.Quote(hc) + ": " + last.Error()
+	fmt.Fprintf(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n", len(msg)+1, msg)
+	conn.Close()
+	return true
+}
+
+// requestHead is r's request line and header as the client sent them
+// (the framing headers the server took out put back), with "close" added
+// to Connection, for a relay that reads the body, if any, from the
+// connection itself.
+func requestHead(r *http.Request) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s %s\r\nHost: %s\r\n", r.Method, r.RequestURI, r.Proto, r.Host)
+	h := r.Header.Clone()
+	h.Del("Transfer-Encoding")
+	switch {
+	case len(r.TransferEncoding) > 0:
+		h.Del("Content-Length")
+		h["Transfer-Encoding"] = r.TransferEncoding
+	case r.ContentLength > 0:
+		h.Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
+	}
+	h.Add("Connection", "close")
+	h.Write(&b)
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
 // requestRendezvous is sb-hc-action=request: a listener takes the
 // rendezvous of one HTTP-mode request. Like accept, the address (its
 // random id) is the capability, and it is single use.
@@ -574,6 +645,9 @@ func (d *wsDoor) requestRendezvous(w http.ResponseWriter, r *http.Request, hc st
 		return
 	}
 	id := q.Get("sb-hc-id")
+	if b, err := hex.DecodeString(id); err == nil && len(b) == len(StreamID{}) && d.pipeForeign(w, r, StreamID(b)) {
+		return
+	}
 	d.mu.Lock()
 	ex := d.exchanges[id]
 	if ex == nil || ex.hc != hc || ex.rvTaken {

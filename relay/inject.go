@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"net"
 	"sync"
 )
@@ -13,6 +14,7 @@ type injectListener struct {
 	conns chan net.Conn
 	once  sync.Once
 	done  chan struct{}
+	given sync.Map // net.Conn → struct{}: handed over, not yet seen by connContext
 }
 
 func newInjectListener(addr net.Addr) *injectListener {
@@ -21,10 +23,12 @@ func newInjectListener(addr net.Addr) *injectListener {
 
 // give hands c to the server; false (and c is not taken) once closed.
 func (l *injectListener) give(c net.Conn) bool {
+	l.given.Store(c, struct{}{}) // before Accept can return it
 	select {
 	case l.conns <- c:
 		return true
 	case <-l.done:
+		l.given.Delete(c)
 		return false
 	}
 }
@@ -44,3 +48,23 @@ func (l *injectListener) Close() error {
 }
 
 func (l *injectListener) Addr() net.Addr { return l.addr }
+
+// pipedKey marks the context of a request on a connection another relay
+// handed over.
+type pipedKey struct{}
+
+// connContext is the http server's ConnContext: a connection from l is
+// marked piped.
+func (l *injectListener) connContext(ctx context.Context, c net.Conn) context.Context {
+	if _, ok := l.given.LoadAndDelete(c); ok {
+		return context.WithValue(ctx, pipedKey{}, true)
+	}
+	return ctx
+}
+
+// piped reports whether a request came on a connection another relay of
+// the fleet handed over.
+func piped(ctx context.Context) bool {
+	v, _ := ctx.Value(pipedKey{}).(bool)
+	return v
+}

@@ -264,11 +264,15 @@ func (d *nativeDoor) warm(ctx context.Context, conn net.Conn, remote string, f *
 			d.refuse(conn, "warm", err)
 			return
 		}
+	} else if !d.core.Hold(conn) {
+		return
 	}
 	keepAliveOn(conn)
 	next, err := wire.Read(conn) // waits as long as the session lives
 	if s != nil {
 		s.Untie(conn)
+	} else {
+		d.core.Release(conn)
 	}
 	if err != nil {
 		conn.Close()

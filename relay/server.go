@@ -368,7 +368,8 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	// connection is closed after httpIdleTimeout, so slow or silent clients
 	// cannot hold connections (upgraded WebSockets are hijacked: these no
 	// longer apply to them).
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: HandshakeTimeout, ReadTimeout: httpReadTimeout,
+	inject := newInjectListener(l.HTTP.Addr())
+	hs := &http.Server{Handler: mux, ConnContext: inject.connContext, ReadHeaderTimeout: HandshakeTimeout, ReadTimeout: httpReadTimeout,
 		IdleTimeout: httpIdleTimeout, MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog: s.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 
@@ -401,7 +402,6 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 		}
 		return nil
 	})
-	inject := newInjectListener(l.HTTP.Addr())
 	s.mu.Lock()
 	s.inject = inject
 	s.mu.Unlock()

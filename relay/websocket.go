@@ -319,6 +319,7 @@ func (d *wsDoor) pipeForeign(w http.ResponseWriter, r *http.Request, id StreamID
 		b, _ := brw.Reader.Peek(n)
 		head.Write(b)
 	}
+	conn.SetDeadline(time.Time{}) // the server's, for its own reads
 	peer, err := d.core.fleet.Pipe(d.ctx, prefix, wire.PipeHTTP, conn.RemoteAddr().String(), head.Bytes())
 	if err != nil {
 		d.log.Warn("rendezvous for another relay of the fleet failed", "remote", remoteOf(r), "error", err)

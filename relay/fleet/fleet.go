@@ -280,6 +280,22 @@ func (f *Fleet) HasRemote(hc string) bool {
 	return f.dir.available() && len(f.dir.remote(hc)) > 0
 }
 
+// Holders implements relay.Fleet.
+func (f *Fleet) Holders(hc string) [][4]byte {
+	if !f.dir.available() {
+		return nil
+	}
+	var out [][4]byte
+	for _, e := range f.dir.remote(hc) {
+		var p [4]byte
+		if b, err := hex.DecodeString(e.Prefix); err == nil && len(b) == len(p) {
+			copy(p[:], b)
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // Changed implements relay.Fleet.
 func (f *Fleet) Changed() {
 	select {
