@@ -452,3 +452,58 @@ func fleetHTTP(t *testing.T, cl *http.Client, base, tok string, body []byte, len
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	return resp.StatusCode, string(b)
 }
+
+// TestFleetPeerBlackholed: a relay whose peer port drops everything (a
+// partition that drops packets) costs one timeout, not one per stream:
+// with agents on relays a and b and a proxy on relay c, streams go on
+// through b at full speed once a is found silent, and a is used again
+// once it answers.
+func TestFleetPeerBlackholed(t *testing.T) {
+	echo := startPlainEcho(t)
+	c := newCluster(t, "echo")
+	f := &fleetEnv{c: c, redisPort: freePort(t), redisDir: t.TempDir()}
+	f.startRedisAt(t)
+	gate := &scGate{addr: freeAddr(t, "127.0.0.1")}
+	for i := 0; i < 3; i++ {
+		f.peers = append(f.peers, freeAddr(t, "127.0.0.1"))
+		adv := f.peers[i]
+		if i == 0 {
+			gate.target, adv = f.peers[0], gate.addr
+		}
+		extra := f.fleetYAML(i, fmt.Sprintf("relay-%c", 'a'+i)) + fmt.Sprintf("    advertise: %s\n", adv)
+		f.relays = append(f.relays, c.startRelay(t, extra))
+	}
+	gate.open(t)
+	for _, r := range f.relays {
+		r.Proc.WaitLog(t, "fleet member listening", e2eStartTimeout)
+	}
+	c.startAgent(t, f.relays[:1], map[string]string{"echo": echo.Addr}, "")
+	c.startAgent(t, f.relays[1:2], map[string]string{"echo": echo.Addr}, "")
+	pc := c.startProxy(t, f.relays[2:], []string{"echo"}, "")
+	waitFor(t, "a stream through relay c", 30*time.Second, func() bool { return probe(pc.Listen["echo"]) == nil })
+
+	gate.blackhole()
+	var times []time.Duration
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		if err := probe(pc.Listen["echo"]); err != nil {
+			t.Fatalf("stream %d with relay a silent: %v", i, err)
+		}
+		times = append(times, time.Since(start))
+	}
+	slow := 0
+	for _, d := range times {
+		if d > time.Second {
+			slow++
+		}
+	}
+	t.Logf("relay a's peer port silent: 20 of 20 streams from relay c served; %d took over 1 s; times %v", slow, times)
+	if slow > 1 {
+		t.Fatalf("%d streams waited for the silent relay, want at most 1: %v", slow, times)
+	}
+	f.relays[2].Proc.WaitLog(t, "fleet peer unreachable", 10*time.Second)
+	healed := time.Now()
+	gate.open(t)
+	f.relays[2].Proc.WaitLog(t, "fleet peer answers again", 10*time.Second)
+	t.Logf("relay a answered relay c again %v after the partition healed", time.Since(healed).Round(time.Millisecond))
+}

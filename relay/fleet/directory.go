@@ -155,6 +155,18 @@ func (d *directory) remote(hc string) []entry {
 	return out
 }
 
+// hasPeer reports whether a relay of the fleet has peer address addr.
+func (d *directory) hasPeer(addr string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range d.others {
+		if e.Peer == addr {
+			return true
+		}
+	}
+	return false
+}
+
 // byPrefix returns the relay whose ids start with prefix.
 func (d *directory) byPrefix(prefix [4]byte) (entry, bool) {
 	p := hex.EncodeToString(prefix[:])

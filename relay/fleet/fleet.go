@@ -92,7 +92,7 @@ func New(cfg *rules.Fleet, relayTLS *tls.Config, local Local, log hclog.Logger) 
 		a.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true}
 	}
 	f.auth = a
-	f.peers = &pool{auth: a, idle: map[string][]net.Conn{}}
+	f.peers = newPool(a, func(addr string) bool { return f.dir.hasPeer(addr) }, log)
 	self := entry{ID: cfg.ID, Peer: cfg.Advertise, Prefix: hex.EncodeToString(f.prefix[:])}
 	f.dir = newDirectory(rdb, self, local.Core().Listeners, f.reproved, log)
 	return f, nil
@@ -349,6 +349,10 @@ func (f *Fleet) Forward(ctx context.Context, req relay.RemoteOpen) (net.Conn, er
 	}
 	var last error
 	for _, e := range cands {
+		if err := f.peers.isDown(e.Peer); err != nil {
+			last = status.Errorf(status.NoListener, "relay %s: %v", e.ID, err)
+			continue
+		}
 		conn, err := f.open(ctx, e.Peer, open, req.Progress)
 		if err == nil {
 			return conn, nil
@@ -361,6 +365,19 @@ func (f *Fleet) Forward(ctx context.Context, req relay.RemoteOpen) (net.Conn, er
 		f.log.Debug("relay did not take a forwarded stream; trying the next", "relay", e.ID, "error", err)
 	}
 	return nil, last
+}
+
+// peerFailed takes the peer at addr out of use after err (a dial, a
+// handshake, or an answer that did not come), unless the caller gave up
+// first: until a probe reaches it again, streams for it go to other relays
+// or fail at once instead of each waiting for a timeout.
+func (f *Fleet) peerFailed(ctx context.Context, addr string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	if f.peers.markDown(addr, err) {
+		f.log.Warn("fleet peer unreachable: not used until it answers again", "peer", addr, "error", err)
+	}
 }
 
 func transient(c status.Code) bool {
@@ -377,6 +394,7 @@ func (f *Fleet) open(ctx context.Context, addr string, open *wire.PeerOpen, prog
 	for try := 0; ; try++ {
 		conn, reused, err := f.peers.get(ctx, addr)
 		if err != nil {
+			f.peerFailed(ctx, addr, err)
 			return nil, status.Errorf(status.NoListener, "relay %s: %v", addr, err)
 		}
 		err = answer(ctx, conn, open, progress)
@@ -384,11 +402,15 @@ func (f *Fleet) open(ctx context.Context, addr string, open *wire.PeerOpen, prog
 			return conn, nil
 		}
 		conn.Close()
+		// An idle connection the peer dropped fails at once: try a fresh
+		// one. One that timed out is a silent peer, not a stale connection.
 		var se *status.Error
-		if reused && try == 0 && !errors.As(err, &se) {
+		var ne net.Error
+		if reused && try == 0 && !errors.As(err, &se) && !(errors.As(err, &ne) && ne.Timeout()) {
 			continue
 		}
 		if !errors.As(err, &se) {
+			f.peerFailed(ctx, addr, err)
 			err = status.Errorf(status.NoListener, "relay %s: %v", addr, err)
 		}
 		return nil, err
@@ -435,9 +457,13 @@ func (f *Fleet) Pipe(ctx context.Context, prefix [4]byte, kind uint8, remote str
 		}
 		return nil, fmt.Errorf("no relay of the fleet has id prefix %x (it restarted, or died)", prefix)
 	}
+	if err := f.peers.isDown(e.Peer); err != nil {
+		return nil, fmt.Errorf("relay %s: %w", e.ID, err)
+	}
 	for try := 0; ; try++ {
 		pc, reused, err := f.peers.get(ctx, e.Peer)
 		if err != nil {
+			f.peerFailed(ctx, e.Peer, err)
 			return nil, fmt.Errorf("relay %s: %w", e.ID, err)
 		}
 		pc.SetWriteDeadline(time.Now().Add(peerHandshake))
@@ -448,6 +474,7 @@ func (f *Fleet) Pipe(ctx context.Context, prefix [4]byte, kind uint8, remote str
 			if reused && try == 0 {
 				continue
 			}
+			f.peerFailed(ctx, e.Peer, err)
 			return nil, fmt.Errorf("relay %s: %w", e.ID, err)
 		}
 		return pc, nil

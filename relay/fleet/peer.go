@@ -12,13 +12,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/wire"
 )
 
 // Timing of peer connections.
 const (
-	peerHandshake = 5 * time.Second
+	peerHandshake = 3 * time.Second // a silent peer costs one such wait, then is probed
 	peerKeepAlive = 15 * time.Second
 	// peerIdle is how many authenticated idle connections a relay keeps to
 	// each peer it forwards to: a forwarded stream then costs no handshake.
@@ -178,14 +180,106 @@ func (a *auth) dial(ctx context.Context, addr string) (net.Conn, error) {
 	return conn, nil
 }
 
-// pool keeps authenticated idle connections to peers.
+// pool keeps authenticated idle connections to peers, and which peers
+// are down: a peer that failed to connect or to answer is skipped until a
+// background probe reaches it again, so a peer that drops packets costs
+// one timeout, not one per stream.
 type pool struct {
 	auth *auth
+	// known says whether addr is still a peer of the fleet; a probe stops
+	// when it is not.
+	known func(addr string) bool
+	log   hclog.Logger
 
 	mu   sync.Mutex
 	idle map[string][]net.Conn // by peer address
+	down map[string]downPeer   // by peer address
 	wg   sync.WaitGroup
 	done bool
+	stop chan struct{} // closed by close: probes end
+}
+
+// downPeer is a peer taken out of use, and why.
+type downPeer struct {
+	since time.Time
+	err   error
+}
+
+// probeEvery is how often a down peer is tried again.
+const probeEvery = time.Second
+
+// newPool returns a pool dialling with a; known as in pool; log says
+// when a down peer answers again.
+func newPool(a *auth, known func(addr string) bool, log hclog.Logger) *pool {
+	return &pool{auth: a, known: known, log: log, idle: map[string][]net.Conn{}, down: map[string]downPeer{}, stop: make(chan struct{})}
+}
+
+// isDown returns why addr is out of use, or nil.
+func (p *pool) isDown(addr string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d, ok := p.down[addr]
+	if !ok {
+		return nil
+	}
+	return fmt.Errorf("unreachable for %v (%v); probed every %v", time.Since(d.since).Round(time.Second), d.err, probeEvery)
+}
+
+// markDown takes addr out of use after err, drops its idle connections,
+// and probes it in the background until it answers (then it is used
+// again) or leaves the fleet. It reports whether addr was up until now.
+func (p *pool) markDown(addr string, err error) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.down[addr]; ok || p.done {
+		return false
+	}
+	p.down[addr] = downPeer{since: time.Now(), err: err}
+	for _, c := range p.idle[addr] {
+		c.Close()
+	}
+	delete(p.idle, addr)
+	p.wg.Add(1)
+	go p.probe(addr)
+	return true
+}
+
+// probe dials addr every probeEvery until a dial succeeds (the connection
+// joins the idle ones), addr leaves the fleet, or the pool closes.
+func (p *pool) probe(addr string) {
+	defer p.wg.Done()
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		if p.known != nil && !p.known(addr) {
+			p.mu.Lock()
+			delete(p.down, addr)
+			p.mu.Unlock()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), peerHandshake)
+		c, err := p.auth.dial(ctx, addr)
+		cancel()
+		if err != nil {
+			continue
+		}
+		p.mu.Lock()
+		since := p.down[addr].since
+		delete(p.down, addr)
+		if p.done {
+			c.Close()
+		} else {
+			p.idle[addr] = append(p.idle[addr], c)
+		}
+		p.mu.Unlock()
+		p.log.Info("fleet peer answers again", "peer", addr, "down_for", time.Since(since).Round(time.Millisecond).String())
+		return
+	}
 }
 
 // get returns an authenticated connection to addr: an idle one, or a new
@@ -238,6 +332,9 @@ func (p *pool) refill(addr string) {
 // close drops every idle connection and waits for refills.
 func (p *pool) close() {
 	p.mu.Lock()
+	if !p.done {
+		close(p.stop)
+	}
 	p.done = true
 	for _, cs := range p.idle {
 		for _, c := range cs {
