@@ -461,22 +461,7 @@ func fleetHTTP(t *testing.T, cl *http.Client, base, tok string, body []byte, len
 func TestFleetPeerBlackholed(t *testing.T) {
 	echo := startPlainEcho(t)
 	c := newCluster(t, "echo")
-	f := &fleetEnv{c: c, redisPort: freePort(t), redisDir: t.TempDir()}
-	f.startRedisAt(t)
-	gate := &scGate{addr: freeAddr(t, "127.0.0.1")}
-	for i := 0; i < 3; i++ {
-		f.peers = append(f.peers, freeAddr(t, "127.0.0.1"))
-		adv := f.peers[i]
-		if i == 0 {
-			gate.target, adv = f.peers[0], gate.addr
-		}
-		extra := f.fleetYAML(i, fmt.Sprintf("relay-%c", 'a'+i)) + fmt.Sprintf("    advertise: %s\n", adv)
-		f.relays = append(f.relays, c.startRelay(t, extra))
-	}
-	gate.open(t)
-	for _, r := range f.relays {
-		r.Proc.WaitLog(t, "fleet member listening", e2eStartTimeout)
-	}
+	f, gate := startGatedFleet(t, c, "")
 	c.startAgent(t, f.relays[:1], map[string]string{"echo": echo.Addr}, "")
 	c.startAgent(t, f.relays[1:2], map[string]string{"echo": echo.Addr}, "")
 	pc := c.startProxy(t, f.relays[2:], []string{"echo"}, "")

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -99,3 +100,26 @@ func (g *scGate) refuse() {
 
 // blackhole stops forwarding; connections stay open, and silent.
 func (g *scGate) blackhole() { g.black.Store(true) }
+
+// startGatedFleet starts Redis and a fleet of 3 relays (with extra lines
+// in each section) whose relay a is reached by its peers through a gate,
+// open, and waits until every relay is a member.
+func startGatedFleet(t *testing.T, c *cluster, extra string) (*fleetEnv, *scGate) {
+	t.Helper()
+	f := &fleetEnv{c: c, redisPort: freePort(t), redisDir: t.TempDir()}
+	f.startRedisAt(t)
+	gate := &scGate{addr: freeAddr(t, "127.0.0.1")}
+	for i := 0; i < 3; i++ {
+		f.peers = append(f.peers, freeAddr(t, "127.0.0.1"))
+		adv := f.peers[i]
+		if i == 0 {
+			gate.target, adv = f.peers[0], gate.addr
+		}
+		f.relays = append(f.relays, c.startRelay(t, f.fleetYAML(i, fmt.Sprintf("relay-%c", 'a'+i))+fmt.Sprintf("    advertise: %s\n", adv)+extra))
+	}
+	gate.open(t)
+	for _, r := range f.relays {
+		r.Proc.WaitLog(t, "fleet member listening", e2eStartTimeout)
+	}
+	return f, gate
+}

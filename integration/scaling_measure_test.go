@@ -1010,22 +1010,7 @@ func scalingFailures(t *testing.T) {
 	echo := startPlainEcho(t)
 	c := newCluster(t, "echo")
 	c.Quiet = false // the relays' and proxies' debug lines say why
-	f := &fleetEnv{c: c, redisPort: freePort(t), redisDir: t.TempDir()}
-	f.startRedisAt(t)
-	gate := &scGate{addr: freeAddr(t, "127.0.0.1")}
-	for i := 0; i < 3; i++ {
-		f.peers = append(f.peers, freeAddr(t, "127.0.0.1"))
-		adv := f.peers[i]
-		if i == 0 {
-			gate.target, adv = f.peers[0], gate.addr
-		}
-		extra := f.fleetYAML(i, fmt.Sprintf("relay-%c", 'a'+i)) + fmt.Sprintf("    advertise: %s\n", adv) + scLimits
-		f.relays = append(f.relays, c.startRelay(t, extra))
-	}
-	gate.open(t)
-	for _, r := range f.relays {
-		r.Proc.WaitLog(t, "fleet member listening", e2eStartTimeout)
-	}
+	f, gate := startGatedFleet(t, c, scLimits)
 	c.startAgent(t, f.relays[:1], map[string]string{"echo": echo.Addr}, "")
 	pa := c.startProxy(t, f.relays[:1], []string{"echo"}, "")
 	pc := c.startProxy(t, f.relays[2:], []string{"echo"}, "")

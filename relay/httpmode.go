@@ -35,6 +35,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -514,8 +515,9 @@ func (d *wsDoor) writeResponse(w http.ResponseWriter, r *http.Request, head *wsR
 	if !hasBody || body == nil {
 		return
 	}
-	n, err := io.Copy(w, io.LimitReader(body, maxBody+1))
-	if n > maxBody {
+	rc := http.NewResponseController(w)
+	n, err := copyFlushing(w, rc.Flush, body, maxBody)
+	if errors.Is(err, errBodyTooLarge) {
 		log.Warn("response body over relay.max_http_body; cut", "max_bytes", maxBody)
 		panic(http.ErrAbortHandler)
 	}
@@ -524,6 +526,40 @@ func (d *wsDoor) writeResponse(w http.ResponseWriter, r *http.Request, head *wsR
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// copyFlushing copies body to w, at most max bytes (errBodyTooLarge, with
+// nothing of the excess written, when there are more), flushing after
+// each read: a response streams (server-sent events, a long download)
+// instead of waiting in the server's buffers for more.
+func copyFlushing(w io.Writer, flush func() error, body io.Reader, max int64) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		k, err := body.Read(buf)
+		if k > 0 {
+			if n += int64(k); n > max {
+				return n, errBodyTooLarge
+			}
+			if _, werr := w.Write(buf[:k]); werr != nil {
+				return n, werr
+			}
+			if ferr := flush(); ferr != nil {
+				return n, ferr
+			}
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// copyBufs holds the buffers of copyFlushing.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // writeWithReason writes the response itself on the sender's connection,
 // since net/http always writes the standard reason phrase: HTTP/1.1, the
@@ -541,33 +577,31 @@ func writeWithReason(hj http.Hijacker, r *http.Request, code int, reason string,
 	if h.Get("Date") == "" {
 		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	}
-	resp := &http.Response{Status: strconv.Itoa(code) + " " + reason, StatusCode: code, Proto: "HTTP/1.1",
-		ProtoMajor: 1, ProtoMinor: 1, Header: h, Close: true, Request: r, ContentLength: -1}
-	if !hasBody || body == nil || r.Method == http.MethodHead {
-		resp.ContentLength = 0
-	} else {
-		resp.Body = io.NopCloser(&capped{r: body, left: maxBody})
+	// The head, then the body as it comes, until the connection closes
+	// (a listener's Content-Length is not trusted to frame it).
+	withBody := hasBody && body != nil && r.Method != http.MethodHead && code != http.StatusNoContent && code != http.StatusNotModified && code >= 200
+	h.Del("Content-Length")
+	h.Del("Transfer-Encoding")
+	h.Set("Connection", "close")
+	if !withBody && r.Method != http.MethodHead && code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified {
+		h.Set("Content-Length", "0")
 	}
-	if err := resp.Write(bw); err != nil {
+	fmt.Fprintf(bw, "HTTP/1.1 %03d %s\r\n", code, reason)
+	h.Write(bw)
+	if _, err := bw.WriteString("\r\n"); err != nil {
 		log.Warn("response to the sender ended early", "error", err)
 		return
 	}
-	bw.Flush()
-}
-
-// capped reads r until left bytes have passed, then fails: a body over the
-// cap is cut, not truncated silently.
-type capped struct {
-	r    io.Reader
-	left int64
-}
-
-func (c *capped) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	if c.left -= int64(n); c.left < 0 {
-		return 0, errBodyTooLarge
+	if !withBody {
+		bw.Flush()
+		return
 	}
-	return n, err
+	if n, err := copyFlushing(bw, bw.Flush, body, maxBody); err != nil {
+		log.Warn("response to the sender ended early", "error", err, "bytes", n)
+		if tc, ok := conn.(interface{ SetLinger(int) error }); ok {
+			tc.SetLinger(0) // a reset: the sender cannot take the cut for the end
+		}
+	}
 }
 
 // pipeRequest hands a request for a connection with no listener here to

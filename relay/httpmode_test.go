@@ -386,3 +386,76 @@ func TestHTTPModeReasonPhrase(t *testing.T) {
 		}
 	}
 }
+
+// gatedReader yields first, then waits for open to close, then yields rest.
+type gatedReader struct {
+	first, rest io.Reader
+	open        <-chan struct{}
+	waited      bool
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	if n, err := g.first.Read(p); n > 0 || err != io.EOF {
+		return n, err
+	}
+	if !g.waited {
+		<-g.open
+		g.waited = true
+	}
+	return g.rest.Read(p)
+}
+
+// TestHTTPModeStreamsResponses: a response body reaches the sender while
+// the listener is still writing it: the relay streams, it does not buffer
+// the whole body. The listener writes 200 KiB, then waits until the sender
+// has read them before it writes the rest; a relay that buffered would
+// never hand the sender the first part.
+func TestHTTPModeStreamsResponses(t *testing.T) {
+	r := startRelayWith(t, nil, "api", "api2")
+	const part = 200 << 10
+	for hc, reason := range map[string]string{"api": "", "api2": "Streaming"} { // net/http's writer, and the relay's own for a reason phrase
+		open := make(chan struct{})
+		httpListener(t, r, hc, func(req *relayclient.Request) {
+			ctx := context.Background()
+			if err := req.Open(ctx); err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			body := &gatedReader{first: bytes.NewReader(bytes.Repeat([]byte("a"), part)), rest: bytes.NewReader(bytes.Repeat([]byte("b"), part)), open: open}
+			req.Respond(ctx, http.StatusOK, reason, http.Header{"Content-Type": {"application/octet-stream"}}, body)
+		})
+		req, _ := http.NewRequest(http.MethodGet, httpURL(r, hc+"/stream"), nil)
+		req.Header.Set("ServiceBusAuthorization", token(hc, "apps", sendKey))
+		resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan error, 1)
+		go func() {
+			b := make([]byte, part)
+			_, err := io.ReadFull(resp.Body, b)
+			if err == nil && !bytes.Equal(b, bytes.Repeat([]byte("a"), part)) {
+				err = fmt.Errorf("first part garbled")
+			}
+			got <- err
+		}()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatalf("reason %q: first part: %v", reason, err)
+			}
+		case <-time.After(10 * time.Second):
+			close(open)
+			t.Fatalf("reason %q: the first 200 KiB did not reach the sender while the listener held back the rest: the relay buffers responses", reason)
+		}
+		close(open)
+		rest, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(rest, bytes.Repeat([]byte("b"), part)) {
+			t.Fatalf("reason %q: rest: %d bytes, %v", reason, len(rest), err)
+		}
+		if resp.Status != "200 "+map[string]string{"": "OK"}[reason]+reason {
+			t.Fatalf("status %q", resp.Status)
+		}
+	}
+}
