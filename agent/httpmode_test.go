@@ -110,7 +110,19 @@ func TestHTTPModeAgent(t *testing.T) {
 		Host, URI, Auth, Via string
 		BodyLen              int
 	}
+	gotFirst := make(chan struct{})
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/base/events" { // server-sent events: the first must arrive before the second is written
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "data: one\n\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-gotFirst:
+			case <-time.After(15 * time.Second):
+			}
+			fmt.Fprint(w, "data: two\n\n")
+			return
+		}
 		if r.URL.Path == "/base/early" { // answers before reading the body (the relay must cope)
 			w.WriteHeader(http.StatusTeapot)
 			return
@@ -196,6 +208,38 @@ func TestHTTPModeAgent(t *testing.T) {
 	}
 	if resp, _ = do("POST", "/api/early", bytes.NewReader(make([]byte, 4<<20)), nil); resp.StatusCode != http.StatusTeapot {
 		t.Fatalf("an API answering before reading the body: %s", resp.Status)
+	}
+	// A response that trickles reaches the sender as it comes (agent and
+	// relay both stream): the API holds its second event until the sender
+	// has read the first.
+	ereq, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/events", port), nil)
+	ereq.Header.Set("ServiceBusAuthorization", sas.NewToken(sas.ResourceURI(ns, "api"), "apps", sendKey, time.Now().Add(time.Hour)))
+	first := make(chan string, 1)
+	var eresp *http.Response
+	var br *bufio.Reader
+	go func() {
+		var err error
+		if eresp, err = http.DefaultClient.Do(ereq); err != nil {
+			first <- err.Error()
+			return
+		}
+		br = bufio.NewReader(eresp.Body)
+		l, _ := br.ReadString('\n')
+		first <- l
+	}()
+	select {
+	case l := <-first:
+		if l != "data: one\n" {
+			t.Fatalf("first event %q", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first server-sent event did not reach the sender while the API held the second: the response is buffered")
+	}
+	close(gotFirst)
+	rest, err := io.ReadAll(br)
+	eresp.Body.Close()
+	if err != nil || string(rest) != "\ndata: two\n\n" {
+		t.Fatalf("rest of the events %q, %v", rest, err)
 	}
 	if resp, _ = do("GET", "/api/redirect", nil, nil); resp.StatusCode != http.StatusFound {
 		t.Fatalf("redirect followed: %s", resp.Status)

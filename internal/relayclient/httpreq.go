@@ -31,6 +31,10 @@ import (
 // channel (Azure's 64 kB limit); larger ones go over a rendezvous.
 const maxInlineResponse = 64 << 10
 
+// inlineWait is how long a response body may take to end and still go on
+// the control channel (when it is at most maxInlineResponse).
+const inlineWait = 100 * time.Millisecond
+
 // Request is one HTTP-mode request from the relay. Call Open before
 // reading it, then Respond exactly once.
 type Request struct {
@@ -183,15 +187,20 @@ func (r *Request) respond(ctx context.Context, code int, reason string, hdr http
 	if body == nil {
 		body = bytes.NewReader(nil)
 	}
-	// Up to 64 KiB + 1 tells whether the body fits the control channel.
-	head := make([]byte, maxInlineResponse+1)
-	n, err := io.ReadFull(body, head)
-	switch {
-	case err == io.EOF || err == io.ErrUnexpectedEOF:
-		head = head[:n]
-		body = nil // all of it is in head
-	case err != nil:
+	// What comes of the body within inlineWait, up to 64 KiB + 1, tells
+	// whether it fits the control channel: a body that is larger, or still
+	// coming (server-sent events, a slow download), streams over a
+	// rendezvous instead of waiting to fill 64 KiB.
+	cr := newChunkReader(body)
+	defer cr.stop()
+	head, complete, err := cr.gather(maxInlineResponse+1, inlineWait)
+	if err != nil {
 		return fmt.Errorf("response body: %w", err)
+	}
+	if complete {
+		body = nil // all of it is in head
+	} else {
+		body = cr
 	}
 	m.Response.Body = len(head) > 0
 	msg, err := json.Marshal(&m)
@@ -243,4 +252,85 @@ func (r *Request) Abandon() {
 			r.conn.CloseWith(wsconn.CloseInternal, "request abandoned")
 		}
 	})
+}
+
+// chunkReader reads a body on its own goroutine, so that a response can
+// tell a small body that has ended from one still coming without blocking
+// on it. Its goroutine ends when the body does, or, after stop, at its next
+// read's end (the caller closes the body to cut that short).
+type chunkReader struct {
+	ch   chan []byte   // chunks, closed after the last; err is set then
+	done chan struct{} // closed by stop
+	err  error         // the body's error other than io.EOF, once ch is closed
+	cur  []byte        // what Read has not handed out of the last chunk
+}
+
+func newChunkReader(body io.Reader) *chunkReader {
+	c := &chunkReader{ch: make(chan []byte, 4), done: make(chan struct{})}
+	go func() {
+		defer close(c.ch)
+		for {
+			buf := make([]byte, 32<<10)
+			n, err := body.Read(buf)
+			if n > 0 {
+				select {
+				case c.ch <- buf[:n]:
+				case <-c.done:
+					return
+				}
+			}
+			if err != nil {
+				if err != io.EOF {
+					c.err = err
+				}
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// gather collects chunks until the body ends (complete), more than max
+// bytes have come, or wait has passed since the first call.
+func (c *chunkReader) gather(max int, wait time.Duration) (head []byte, complete bool, err error) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for len(head) < max {
+		select {
+		case b, ok := <-c.ch:
+			if !ok {
+				return head, true, c.err
+			}
+			head = append(head, b...)
+		case <-t.C:
+			return head, false, nil
+		}
+	}
+	return head, false, nil
+}
+
+// Read hands out the rest of the body.
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for len(c.cur) == 0 {
+		b, ok := <-c.ch
+		if !ok {
+			if c.err != nil {
+				return 0, c.err
+			}
+			return 0, io.EOF
+		}
+		c.cur = b
+	}
+	n := copy(p, c.cur)
+	c.cur = c.cur[n:]
+	return n, nil
+}
+
+// stop releases the reading goroutine.
+func (c *chunkReader) stop() {
+	select {
+	case <-c.done:
+	default:
+		close(c.done)
+	}
 }
