@@ -243,11 +243,14 @@ func roundTrip(t *testing.T, c net.Conn, msg string) {
 	}
 }
 
+// conns returns a copy of cs with the test key set: the caller's slice
+// may be a running proxy's configuration, never written once applied.
 func conns(cs ...rules.ProxyConnection) []rules.ProxyConnection {
-	for i := range cs {
-		cs[i].KeyName, cs[i].Key = "apps", "0123456789abcdef"
+	out := append([]rules.ProxyConnection(nil), cs...)
+	for i := range out {
+		out[i].KeyName, out[i].Key = "apps", "0123456789abcdef"
 	}
-	return cs
+	return out
 }
 
 func TestSocksConnect(t *testing.T) {
