@@ -27,19 +27,7 @@ import (
 // it uses the host's loopback and fails, naming the port, when one is taken.
 func TestE2EUpEmbeddedDemo(t *testing.T) {
 	ns := newNetns(t)
-	name, args := "hybrid", []string{"up"}
-	if ns != nil {
-		name, args = "nsenter", []string{"--net=" + ns.path, hybridBinary(t), "up"}
-	} else {
-		for _, addr := range []string{"127.0.0.1:5671", "127.0.0.1:9352", "127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.2:8081", "127.0.0.2:5432"} {
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				t.Fatalf("the demo's fixed port %s is taken here (%v): stop what holds it (make run? hybrid up?), "+
-					"or run the test as root, which gives it a network namespace of its own", addr, err)
-			}
-			ln.Close()
-		}
-	}
+	name, args := demoCommand(t, ns, "up")
 
 	var ln net.Listener
 	var err error
@@ -88,6 +76,52 @@ type netns struct {
 
 // newNetns makes a private network namespace, or returns nil (the host's
 // network) when it cannot: not root, or unshare refused.
+// demoCommand is how to run `hybrid <args>` with the embedded demo config:
+// in ns when there is one (root), else here, once the demo's fixed ports
+// are found free.
+func demoCommand(t *testing.T, ns *netns, args ...string) (string, []string) {
+	t.Helper()
+	if ns != nil {
+		return "nsenter", append([]string{"--net=" + ns.path, hybridBinary(t)}, args...)
+	}
+	for _, addr := range []string{"127.0.0.1:5671", "127.0.0.1:9352", "127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.2:8081", "127.0.0.2:5432"} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("the demo's fixed port %s is taken here (%v): stop what holds it (make run? hybrid up?), "+
+				"or run the test as root, which gives it a network namespace of its own", addr, err)
+		}
+		ln.Close()
+	}
+	return "hybrid", args
+}
+
+// TestE2ERolesWarnOnDemo: each role started with no --config and no
+// ./hybrid.yaml says, before anything else, that it runs the built-in demo
+// config with public keys, and runs it.
+func TestE2ERolesWarnOnDemo(t *testing.T) {
+	for _, role := range []struct{ name, running string }{
+		{"relay", "relay listening"},
+		{"agent", ""}, // no relay runs: it keeps trying
+		{"proxy", "proxy: forwarding: listen=127.0.0.2:5432 hc=postgres"},
+	} {
+		t.Run(role.name, func(t *testing.T) {
+			name, args := demoCommand(t, newNetns(t), role.name)
+			p := startProcWith(t, ProcConfig{Dir: t.TempDir()}, name, args...)
+			p.WaitLog(t, "running the built-in DEMO config, whose keys are public", 30*time.Second)
+			if role.running != "" {
+				p.WaitLog(t, role.running, 30*time.Second)
+			}
+			time.Sleep(500 * time.Millisecond)
+			if p.Exited() {
+				t.Fatalf("exited: %s", tailLines(p.Output(), 20))
+			}
+			if code := p.Stop(t); code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+		})
+	}
+}
+
 func newNetns(t *testing.T) *netns {
 	t.Helper()
 	if os.Geteuid() != 0 {

@@ -213,7 +213,9 @@ func (s *Server) awaitSuccessor(l *Listeners) {
 		if s.core.sessionCount() == 0 {
 			return // nobody attached: nobody to hand over to
 		}
-		time.Sleep(50 * time.Millisecond)
+		// Until it hands over, new connections are shared between it and
+		// the new process: look often.
+		time.Sleep(10 * time.Millisecond)
 	}
 	s.log.Info("no new relay took over the ports", "waited", wait)
 }

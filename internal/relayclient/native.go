@@ -380,16 +380,28 @@ func (c *control) Health(hc string, code status.Code, msg string) error {
 	return c.send(&wire.Health{HC: hc, Code: code, Msg: msg})
 }
 
+// joinTries is how many times a JOIN is sent when the relay does not know
+// the stream: while a relay restarts in place, the old and the new process
+// both listen on the data port, and a JOIN for the new one's stream may
+// land on the old one; the next lands on either.
+const joinTries = 3
+
 func (c *control) Join(ctx context.Context, a *Accept, token string) (net.Conn, error) {
-	conn, err := c.client.dial(ctx, c.client.ep.Data)
-	if err != nil {
-		return nil, err
-	}
-	if err := handshake(ctx, conn, &wire.Join{ID: a.ID, HC: a.HC, Token: token}, HandshakeTimeout); err != nil {
+	for try := 1; ; try++ {
+		conn, err := c.client.dial(ctx, c.client.ep.Data)
+		if err != nil {
+			return nil, err
+		}
+		err = handshake(ctx, conn, &wire.Join{ID: a.ID, HC: a.HC, Token: token}, HandshakeTimeout)
+		if err == nil {
+			return conn, nil
+		}
 		conn.Close()
+		if code := status.CodeOf(err); try < joinTries && ctx.Err() == nil && (code == status.NotFound || code == status.ShuttingDown) {
+			continue
+		}
 		return nil, err
 	}
-	return conn, nil
 }
 
 // Parked is a data connection an agent parked at the relay: the relay sends

@@ -511,11 +511,18 @@ func (c *wsControl) Join(ctx context.Context, a *Accept, token string) (net.Conn
 	// No token on the rendezvous: the single-use address is the
 	// capability (as in Azure), and the listen key stays with the relay
 	// that was configured.
-	ws, err := c.client.dialWSAt(ctx, addr.host, addr.port, addr.url, nil, HandshakeTimeout)
-	if err != nil {
+	for try := 1; ; try++ {
+		ws, err := c.client.dialWSAt(ctx, addr.host, addr.port, addr.url, nil, HandshakeTimeout)
+		if err == nil {
+			return ws, nil
+		}
+		// As a native JOIN: a rendezvous that landed on the old process of
+		// a relay restarting in place goes again.
+		if code := status.CodeOf(err); try < joinTries && ctx.Err() == nil && (code == status.NotFound || code == status.ShuttingDown) {
+			continue
+		}
 		return nil, err
 	}
-	return ws, nil
 }
 
 // idOf turns an Azure stream id (a GUID, or our hex) into a StreamID.
