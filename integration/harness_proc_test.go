@@ -92,7 +92,16 @@ func startProcWith(t testing.TB, cfg ProcConfig, name string, args ...string) *P
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = stopTimeout
 	}
-	logPath := filepath.Join(t.TempDir(), cfg.Label+".log")
+	// HYBRID_KEEP_LOGS=dir keeps every process's log after the test (in
+	// dir/<test>/), for a failure to be read whole.
+	logDir := t.TempDir()
+	if keep := os.Getenv("HYBRID_KEEP_LOGS"); keep != "" {
+		logDir = filepath.Join(keep, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			t.Fatalf("HYBRID_KEEP_LOGS: %v", err)
+		}
+	}
+	logPath := filepath.Join(logDir, cfg.Label+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		t.Fatalf("startProc %s: %v", cfg.Label, err)
@@ -169,9 +178,30 @@ func (p *Proc) cleanup(t testing.TB) {
 	}
 	p.killGroup()
 	if t.Failed() {
-		t.Logf("---- %s exit=%s, last output (full log: %s) ----\n%s\n---- end %s ----",
-			p.Label, p.exitDesc(), p.LogPath, tailLines(p.Output(), 200), p.Label)
+		// The tail, and before it every warning and error of the whole
+		// run: the full log goes with the test's temporary directory, and
+		// CI keeps only what is printed.
+		out := p.Output()
+		t.Logf("---- %s exit=%s, warnings and errors (up to 100), then the last output (full log: %s) ----\n%s\n----\n%s\n---- end %s ----",
+			p.Label, p.exitDesc(), p.LogPath, warnLines(out, 100), tailLines(out, 200), p.Label)
 	}
+}
+
+// warnLines returns the first n lines of out logged at WARN or ERROR.
+func warnLines(out string, n int) string {
+	var b strings.Builder
+	for _, l := range strings.Split(out, "\n") {
+		if n == 0 {
+			b.WriteString("[... more]\n")
+			break
+		}
+		if strings.Contains(l, "[WARN]") || strings.Contains(l, "[ERROR]") {
+			b.WriteString(l)
+			b.WriteByte('\n')
+			n--
+		}
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // Pid is the process id (also its process group id).

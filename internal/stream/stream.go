@@ -135,6 +135,9 @@ func (h *half) copyTCP() error {
 		if avail <= 0 {
 			avail = 1 // end of stream or an error: the read says which
 		}
+		if testHookBeforeCopy != nil {
+			testHookBeforeCopy()
+		}
 		var n int64
 		if splice {
 			n, err = io.CopyN(h.dst, h.tcp, min(int64(avail), countChunk))
@@ -143,9 +146,26 @@ func (h *half) copyTCP() error {
 		}
 		h.count.Add(n)
 		if err != nil {
+			if h.idleExpired(err) {
+				// The bytes were there, but the idle deadline passed before
+				// the read (the process was stopped or starved past it):
+				// not an end. Clear it and move them.
+				h.disarmIdle()
+				continue
+			}
 			return err
 		}
 	}
+}
+
+// testHookBeforeCopy, when set by a test, runs between a wait that found
+// bytes and the read that moves them.
+var testHookBeforeCopy func()
+
+// idleExpired reports whether err is the half's own idle deadline having
+// passed (not a peer's failure, nor a deadline set on the destination).
+func (h *half) idleExpired(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) && !h.deadline.IsZero() && !time.Now().Before(h.deadline)
 }
 
 // IdleAfter is how long a half waits for bytes on its goroutine before it

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -99,5 +100,36 @@ func TestPipeNetPipe(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Pipe did not return")
+	}
+}
+
+// TestStalledPastIdleDeadline: bytes that were waiting when the process
+// stalled (SIGSTOP, a starved VM) past the idle deadline are moved when it
+// goes on, not taken for the end of the stream. The hook holds the copy
+// between finding the bytes and reading them, past IdleAfter.
+func TestStalledPastIdleDeadline(t *testing.T) {
+	if !parkingAvailable() {
+		t.Skip("the idle deadline is armed only where parking is available (Linux)")
+	}
+	var once sync.Once
+	testHookBeforeCopy = func() { once.Do(func() { time.Sleep(IdleAfter + IdleAfter/2) }) }
+	t.Cleanup(func() { testHookBeforeCopy = nil })
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	j := NewJoint(a, b)
+	j.Start()
+	defer j.Close()
+	client.Write([]byte("END;"))
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(server, got); err != nil || string(got) != "END;" {
+		t.Fatalf("after the stall: %q, %v", got, err)
+	}
+	// And the stream lives on, both ways.
+	server.Write([]byte("ok"))
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	back := make([]byte, 2)
+	if _, err := io.ReadFull(client, back); err != nil || string(back) != "ok" {
+		t.Fatalf("back: %q, %v", back, err)
 	}
 }
