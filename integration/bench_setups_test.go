@@ -7,9 +7,7 @@ package integration
 // stream, every role a separate process of the built binary on loopback.
 
 import (
-	"crypto/x509"
 	"encoding/binary"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -86,7 +84,7 @@ func startBenchSetups(t *testing.T, res *benchResource, only []string) []*benchS
 	// and a proxy speaking transport to it.
 	tunnel := func(key, name, transport, relayExtra string, tls bool) *benchSetup {
 		if tls && tlsExtra == "" {
-			tlsExtra = benchTLS(t)
+			tlsExtra = relayTLSLine(t)
 		}
 		if tls {
 			relayExtra += tlsExtra
@@ -134,24 +132,6 @@ func startBenchSetups(t *testing.T, res *benchResource, only []string) []*benchS
 // benchAgentExtra is an agent's section lines for transport.
 func benchAgentExtra(transport string) string {
 	return fmt.Sprintf("  transport: %s\n  max_streams: %d\n", transport, benchMaxStreams)
-}
-
-// benchTLS makes a CA and a certificate for 127.0.0.1, writes them to
-// files, points SSL_CERT_FILE (which every child process inherits, and Go's
-// crypto/x509 reads on Linux) at the CA so agents and proxies trust it, and
-// returns the relay's tls: line.
-func benchTLS(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	caPEM, cert := testPKI(t, "127.0.0.1", "localhost")
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile := writeFile(t, dir, "relay.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})))
-	keyFile := writeFile(t, dir, "relay.key", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})))
-	t.Setenv("SSL_CERT_FILE", writeFile(t, dir, "ca.crt", string(caPEM)))
-	return fmt.Sprintf("  tls: {cert: %s, key: %s}\n", certFile, keyFile)
 }
 
 // benchNotRun is a setup that cannot run here because a program is

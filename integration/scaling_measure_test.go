@@ -30,9 +30,7 @@ package integration
 
 import (
 	"bytes"
-	"crypto/x509"
 	"encoding/binary"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -157,22 +155,6 @@ func scInts(t testing.TB, env, def string) []int {
 	return out
 }
 
-// scTLS makes a CA and a certificate for 127.0.0.1, points SSL_CERT_FILE
-// (inherited by every child) at the CA and returns the relay's tls: line.
-func scTLS(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	caPEM, cert := testPKI(t, "127.0.0.1", "localhost")
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile := writeFile(t, dir, "relay.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})))
-	keyFile := writeFile(t, dir, "relay.key", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})))
-	t.Setenv("SSL_CERT_FILE", writeFile(t, dir, "ca.crt", string(caPEM)))
-	return fmt.Sprintf("  tls: {cert: %s, key: %s}\n", certFile, keyFile)
-}
-
 // scTunnel is one relay, one agent and one proxy for hcs, speaking
 // transport ("tcp" or "websocket"), with TLS on both links if tls.
 type scTunnel struct {
@@ -187,7 +169,7 @@ func scStartTunnel(t *testing.T, c *cluster, pubs map[string]string, transport s
 	admin := freeAddr(t, "127.0.0.3")
 	extra := scLimits + "  admin: " + admin + "\n"
 	if tls {
-		extra += scTLS(t)
+		extra += relayTLSLine(t)
 	}
 	r := c.startRelay(t, extra)
 	r.TLS = tls
