@@ -18,15 +18,29 @@ import (
 	"time"
 )
 
-// prober opens a stream through addr every interval until stopped,
-// recording each setup-and-echo time and every failure.
+// prober opens a stream through addr every interval until stopped, each on
+// a goroutine of its own (a probe stuck on a frozen process does not hold
+// back the next ones), recording each setup-and-echo time and every
+// failure.
 type prober struct {
-	mu       sync.Mutex
-	times    []time.Duration
-	failures []string
-	stop     chan struct{}
-	done     chan struct{}
+	mu      sync.Mutex
+	results []*probeResult
+	stop    chan struct{}
+	done    chan struct{}
+	wg      sync.WaitGroup
 }
+
+// probeResult is one probe: when it started, and once done, how long it
+// took and how it failed.
+type probeResult struct {
+	start time.Time
+	d     time.Duration
+	err   error
+	done  bool
+}
+
+// maxProbesInFlight bounds the probes running at once: at 50 ms, 10 s.
+const maxProbesInFlight = 200
 
 func startProber(addr string, interval time.Duration) *prober {
 	p := &prober{stop: make(chan struct{}), done: make(chan struct{})}
@@ -34,44 +48,72 @@ func startProber(addr string, interval time.Duration) *prober {
 		defer close(p.done)
 		t := time.NewTicker(interval)
 		defer t.Stop()
+		inFlight := make(chan struct{}, maxProbesInFlight)
 		for {
 			select {
 			case <-p.stop:
+				p.wg.Wait()
 				return
 			case <-t.C:
 			}
-			start := time.Now()
-			err := probe(addr)
-			d := time.Since(start)
-			p.mu.Lock()
-			p.times = append(p.times, d)
-			if err != nil {
-				p.failures = append(p.failures, fmt.Sprintf("%s: %v", start.Format("15:04:05.000"), err))
+			select {
+			case inFlight <- struct{}{}:
+			default:
+				continue // as many stuck as the bound: they are what is measured
 			}
+			r := &probeResult{start: time.Now()}
+			p.mu.Lock()
+			p.results = append(p.results, r)
 			p.mu.Unlock()
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				defer func() { <-inFlight }()
+				err := probe(addr)
+				p.mu.Lock()
+				r.d, r.err, r.done = time.Since(r.start), err, true
+				p.mu.Unlock()
+			}()
 		}
 	}()
 	return p
 }
 
-// mark returns how many probes ran so far.
-func (p *prober) mark() int {
+// mark returns the time from which since counts probes.
+func (p *prober) mark() time.Time { return time.Now() }
+
+// since returns the times of the probes started at mark or later; one
+// still running counts as long as it has run so far.
+func (p *prober) since(mark time.Time) []time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.times)
+	var out []time.Duration
+	for _, r := range p.results {
+		switch {
+		case r.start.Before(mark):
+		case r.done:
+			out = append(out, r.d)
+		default:
+			out = append(out, time.Since(r.start))
+		}
+	}
+	return out
 }
 
-// since returns the probe times from mark on.
-func (p *prober) since(mark int) []time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]time.Duration(nil), p.times[mark:]...)
-}
-
+// end stops the prober, waits for the probes in flight, and returns every
+// probe's time and every failure (with its start time, 15:04:05.000).
 func (p *prober) end() (times []time.Duration, failures []string) {
 	close(p.stop)
 	<-p.done
-	return p.times, p.failures
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, r := range p.results {
+		times = append(times, r.d)
+		if r.err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", r.start.Format("15:04:05.000"), r.err))
+		}
+	}
+	return times, failures
 }
 
 // TestRoutingFrozenAgent: one of two agents frozen (SIGSTOP) during
@@ -121,6 +163,9 @@ func TestRoutingFrozenAgent(t *testing.T) {
 	}
 	if len(failures) > 0 {
 		t.Fatalf("%d probes failed: %v", len(failures), failures)
+	}
+	if len(during) < 100 { // 160 at 50 ms over 8 s
+		t.Fatalf("only %d probes started during the freeze", len(during))
 	}
 	if p99 > 3*time.Second {
 		t.Fatalf("new-stream p99 during the freeze %v, want <= 3s", p99)
