@@ -48,12 +48,12 @@ func chromium(t *testing.T) string {
 // renderedDOM loads url in headless Chromium, lets its scripts run for
 // budget of virtual time (the page refreshes itself meanwhile) and returns
 // the DOM as rendered then.
-func renderedDOM(t *testing.T, url string, budget time.Duration) string {
+func renderedDOM(t *testing.T, url string, budget time.Duration, extra ...string) string {
 	t.Helper()
 	bin := chromium(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	args := append(append([]string{}, chromiumFlags...), "--user-data-dir="+t.TempDir(),
+	args := append(append(append([]string{}, chromiumFlags...), extra...), "--user-data-dir="+t.TempDir(),
 		fmt.Sprintf("--virtual-time-budget=%d", budget.Milliseconds()), "--dump-dom", url)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	var stderr strings.Builder
@@ -214,6 +214,18 @@ func TestE2EStatusAndMetrics(t *testing.T) {
 		}
 		if !strings.Contains(dom, "not ready") || !strings.Contains(dom, "no agent listening for mssql") {
 			t.Error("the page does not say the relay is not ready, and why")
+		}
+	})
+	t.Run("relay page on a phone", func(t *testing.T) {
+		// A phone's viewport (390 × 844 CSS pixels): the page must fit its
+		// width, as page.js measures once it has laid the page out.
+		dom := renderedDOM(t, e.RelayURL()+"/", time.Second, "--window-size=390,844")
+		body := regexp.MustCompile(`<body[^>]*>`).FindString(dom)
+		if !strings.Contains(body, `data-overflow="none"`) {
+			t.Errorf("the page is wider than a phone's screen: %s", body)
+		}
+		if r := row(t, dom, "data-connection", "sink"); !strings.Contains(r, agentID) {
+			t.Errorf("connection sink without its agent %q: %s", agentID, r)
 		}
 	})
 	t.Run("agent page in chromium", func(t *testing.T) {

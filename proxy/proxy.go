@@ -101,12 +101,13 @@ func (p *Proxy) store(cfg *rules.Proxy) error {
 		}
 	}
 	set := &relaySet{policy: cfg.RelayPolicy}
+	var kept []*link
 	for _, ep := range cfg.Relays {
 		k := linkKey(ep, cfg)
 		l := old[k]
 		if l != nil {
 			delete(old, k)
-			l.kick() // keys may have changed: re-prove them
+			kept = append(kept, l)
 		} else {
 			l = newLink(ep, cfg, p.log)
 		}
@@ -114,6 +115,13 @@ func (p *Proxy) store(cfg *rules.Proxy) error {
 	}
 	p.cfg.Store(cfg)
 	p.relays.Store(set)
+	// Keys may have changed: the kept links re-prove them. Only now, when
+	// the session loop that the kick wakes reads the new configuration (a
+	// kick before the Store could be taken with the old one, and the new
+	// key never proven: a rotation then cut every stream at its grace).
+	for _, l := range kept {
+		l.kick()
+	}
 	if p.running {
 		for _, l := range old {
 			l.cancel()

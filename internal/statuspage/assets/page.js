@@ -34,12 +34,22 @@
         });
         refreshes++;
         document.body.dataset.refreshed = String(refreshes);
+        measure();
         setText("#updated", "updated " + new Date().toLocaleTimeString(), false);
       })
       .catch(function (e) {
         setText("#updated", "refresh failed at " + new Date().toLocaleTimeString() + ": " + e.message, true);
       });
   }
+  // Whether the page is wider than its window (on a phone it must not be:
+  // wide tables scroll inside their own box). Said on the body for tests
+  // and anyone curious; nothing depends on it.
+  function measure() {
+    document.body.dataset.overflow =
+      document.documentElement.scrollWidth > window.innerWidth ? "x" : "none";
+  }
+  window.addEventListener("load", measure);
+  window.addEventListener("resize", measure);
   setInterval(refresh, every);
   document.addEventListener("visibilitychange", function () {
     if (!document.hidden) {
