@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -217,10 +218,19 @@ func TestE2EStatusAndMetrics(t *testing.T) {
 		}
 	})
 	t.Run("relay page on a phone", func(t *testing.T) {
-		// A phone's viewport (390 × 844 CSS pixels): the page must fit its
-		// width, as page.js measures once it has laid the page out.
-		dom := renderedDOM(t, e.RelayURL()+"/", time.Second, "--window-size=390,844")
+		// A narrow viewport: 500 CSS pixels, the narrowest window headless
+		// Chromium makes, is inside the phone layout (max-width: 40em).
+		// The page must fit its width, as page.js measures once laid out
+		// (data-width: the window's width / the page's).
+		dom := renderedDOM(t, e.RelayURL()+"/", time.Second, "--window-size=500,900")
 		body := regexp.MustCompile(`<body[^>]*>`).FindString(dom)
+		m := regexp.MustCompile(`data-width="(\d+)/(\d+)"`).FindStringSubmatch(body)
+		if m == nil {
+			t.Fatalf("page.js did not measure the page: %s", body)
+		}
+		if w, _ := strconv.Atoi(m[1]); w > 640 {
+			t.Fatalf("the window is %d px wide, not a phone's: %s", w, body)
+		}
 		if !strings.Contains(body, `data-overflow="none"`) {
 			t.Errorf("the page is wider than a phone's screen: %s", body)
 		}

@@ -45,8 +45,9 @@
   // wide tables scroll inside their own box). Said on the body for tests
   // and anyone curious; nothing depends on it.
   function measure() {
-    document.body.dataset.overflow =
-      document.documentElement.scrollWidth > window.innerWidth ? "x" : "none";
+    var w = window.innerWidth, sw = document.documentElement.scrollWidth;
+    document.body.dataset.overflow = sw > w ? "x" : "none";
+    document.body.dataset.width = w + "/" + sw;
   }
   window.addEventListener("load", measure);
   window.addEventListener("resize", measure);
