@@ -158,7 +158,10 @@ func (r *Request) Open(ctx context.Context) error {
 // Respond answers the request: on the rendezvous if the request came over
 // one; otherwise on the control channel when the body is small, or over a
 // newly dialled rendezvous when it is larger (read up to 64 KiB to tell).
-// reason may be "" (the standard phrase).
+// reason may be "" (the standard phrase). body is read on a goroutine of
+// its own until it ends or Respond returns; a body that can block (an HTTP
+// response's) must be closed by the caller after Respond, which ends that
+// goroutine's last read.
 func (r *Request) Respond(ctx context.Context, code int, reason string, hdr http.Header, body io.Reader) error {
 	err := errors.New("request already answered")
 	r.once.Do(func() { err = r.respond(ctx, code, reason, hdr, body) })
