@@ -157,7 +157,8 @@ func (r *Request) Open(ctx context.Context) error {
 
 // Respond answers the request: on the rendezvous if the request came over
 // one; otherwise on the control channel when the body is small, or over a
-// newly dialled rendezvous when it is larger (read up to 64 KiB to tell).
+// newly dialled rendezvous when it is larger or still coming after
+// inlineWait (what the body brings by then, up to 64 KiB, tells).
 // reason may be "" (the standard phrase). body is read on a goroutine of
 // its own until it ends or Respond returns; a body that can block (an HTTP
 // response's) must be closed by the caller after Respond, which ends that
