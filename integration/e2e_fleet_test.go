@@ -462,10 +462,15 @@ func TestFleetPeerBlackholed(t *testing.T) {
 	echo := startPlainEcho(t)
 	c := newCluster(t, "echo")
 	f, gate := startGatedFleet(t, c, "")
+	echoB := startPlainEcho(t)
 	c.startAgent(t, f.relays[:1], map[string]string{"echo": echo.Addr}, "")
-	c.startAgent(t, f.relays[1:2], map[string]string{"echo": echo.Addr}, "")
+	c.startAgent(t, f.relays[1:2], map[string]string{"echo": echoB.Addr}, "")
 	pc := c.startProxy(t, f.relays[2:], []string{"echo"}, "")
-	waitFor(t, "a stream through relay c", 30*time.Second, func() bool { return probe(pc.Listen["echo"]) == nil })
+	// Relay c knows both agents' relays once a stream through it has
+	// reached each.
+	waitFor(t, "streams through relay c to both relays' agents", 30*time.Second, func() bool {
+		return probe(pc.Listen["echo"]) == nil && echo.accepted.Load() > 0 && echoB.accepted.Load() > 0
+	})
 
 	gate.blackhole()
 	var times []time.Duration
