@@ -26,6 +26,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/internal/safefile"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/stream"
@@ -64,7 +65,19 @@ type Fleet struct {
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // peer connections being served
 	wg    sync.WaitGroup
+
+	// handshakes bounds the peer connections being authenticated at once:
+	// the peer port is reachable from the relays' network, and what
+	// connects to it without the fleet's credential must cost a bounded
+	// amount, as must its log lines (fails: one line per source per
+	// limit.Window).
+	handshakes chan struct{}
+	fails      *limit.Failures
 }
+
+// maxPeerHandshakes is how many peer connections may be in their
+// handshake (peerHandshake at most) at once; more are closed at once.
+const maxPeerHandshakes = 256
 
 // New prepares the fleet membership of the relay local from cfg. relayTLS
 // is the relay's own TLS server config (nil without TLS): with a fleet
@@ -74,7 +87,8 @@ func New(cfg *rules.Fleet, relayTLS *tls.Config, local Local, log hclog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	f := &Fleet{id: cfg.ID, listen: cfg.Listen, log: log, local: local, conns: map[net.Conn]struct{}{}}
+	f := &Fleet{id: cfg.ID, listen: cfg.Listen, log: log, local: local, conns: map[net.Conn]struct{}{},
+		handshakes: make(chan struct{}, maxPeerHandshakes), fails: limit.NewFailures()}
 	if _, err := rand.Read(f.prefix[:]); err != nil {
 		return nil, err
 	}
@@ -193,6 +207,13 @@ func (f *Fleet) serve(ctx context.Context, ln net.Listener) {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		select {
+		case f.handshakes <- struct{}{}:
+		default:
+			f.refused(raw.RemoteAddr().String(), "", fmt.Errorf("%d peer handshakes in progress already", maxPeerHandshakes))
+			raw.Close()
+			continue
+		}
 		f.track(raw, true)
 		f.wg.Add(1)
 		go func() {
@@ -217,8 +238,9 @@ func (f *Fleet) track(c net.Conn, add bool) {
 // for its request and serves it.
 func (f *Fleet) handle(ctx context.Context, raw net.Conn) {
 	conn, peer, err := f.auth.accept(raw)
+	<-f.handshakes
 	if err != nil {
-		f.log.Warn("peer connection refused", "remote", raw.RemoteAddr().String(), "peer", peer, "error", err)
+		f.refused(raw.RemoteAddr().String(), peer, err)
 		raw.Close()
 		return
 	}
@@ -251,6 +273,16 @@ func (f *Fleet) handle(ctx context.Context, raw net.Conn) {
 	default:
 		f.log.Warn("unexpected frame from a peer", "peer", peer, "frame", req.Type().String())
 		conn.Close()
+	}
+}
+
+// refused logs a peer connection refused before it was authenticated:
+// the first of each source per limit.Window, with how many of the window
+// before were not logged.
+func (f *Fleet) refused(remote, peer string, err error) {
+	if v := f.fails.Fail(remote); v.Log {
+		f.log.Warn("peer connection refused", "remote", remote, "peer", peer, "error", err,
+			"more_refused_from_source_last_window", v.Suppressed)
 	}
 }
 

@@ -8,16 +8,21 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/hybridconn/hybrid/internal/limit"
 	"github.com/hybridconn/hybrid/rules"
 )
 
@@ -169,4 +174,61 @@ func TestPeerAuthMutualTLS(t *testing.T) {
 	if serr := <-res; err == nil && serr == nil {
 		t.Fatal("a peer with another CA's certificate got through")
 	}
+}
+
+// TestPeerHandshakesBounded: connections to the peer port that never
+// authenticate hold at most maxPeerHandshakes handshakes at once; the rest
+// are closed at once, and a real peer still gets through once the silent
+// ones time out.
+func TestPeerHandshakesBounded(t *testing.T) {
+	secret := []byte("fleet-secret-0123456789")
+	f := &Fleet{log: hclog.NewNullLogger(), auth: &auth{id: "a", secret: secret},
+		conns: map[net.Conn]struct{}{}, handshakes: make(chan struct{}, maxPeerHandshakes), fails: limit.NewFailures()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); ln.Close(); <-done })
+
+	const flood = maxPeerHandshakes + 100
+	var conns []net.Conn
+	for i := 0; i < flood; i++ {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	// The ones over the cap are closed at once: a read ends well before
+	// the handshake timeout.
+	var closedN atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(peerHandshake / 3) // well before the silent ones time out
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetReadDeadline(deadline)
+			if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				closedN.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	closed := int(closedN.Load())
+	t.Logf("%d silent connections: %d closed at once", flood, closed)
+	if closed != flood-maxPeerHandshakes {
+		t.Fatalf("%d of %d silent connections closed at once, want %d (those over the cap)", closed, flood, flood-maxPeerHandshakes)
+	}
+	// The silent ones time out; a peer with the secret gets through.
+	time.Sleep(peerHandshake)
+	pc, err := (&auth{id: "b", secret: secret}).dial(context.Background(), ln.Addr().String())
+	if err != nil {
+		t.Fatalf("a real peer after the flood: %v", err)
+	}
+	pc.Close()
 }
