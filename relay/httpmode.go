@@ -617,20 +617,13 @@ func (d *wsDoor) pipeRequest(w http.ResponseWriter, r *http.Request, hc string) 
 		return false
 	}
 	holders := f.Holders(hc)
-	hj, ok := w.(http.Hijacker)
-	if len(holders) == 0 || !ok {
+	if len(holders) == 0 {
 		return false
 	}
-	head := requestHead(r)
-	conn, brw, err := hj.Hijack()
+	conn, head, err := hijackFor(w, requestHead(r))
 	if err != nil {
-		return true
+		return false
 	}
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n) // the body's start, or the next request
-		head = append(head, b...)
-	}
-	conn.SetDeadline(time.Time{}) // the server's, for its own reads
 	remote := conn.RemoteAddr().String()
 	var last error
 	for _, p := range holders {
@@ -642,9 +635,7 @@ func (d *wsDoor) pipeRequest(w http.ResponseWriter, r *http.Request, hc string) 
 		last = err
 	}
 	d.log.Warn("http request for another relay of the fleet failed", "hc", hc, "remote", remote, "error", last)
-	msg := "no listener for " + strconv.Quote(hc) + ": " + last.Error()
-	fmt.Fprintf(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n", len(msg)+1, msg)
-	conn.Close()
+	answerRaw(conn, http.StatusBadGateway, "no listener for "+strconv.Quote(hc)+": "+last.Error())
 	return true
 }
 

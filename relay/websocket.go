@@ -301,34 +301,57 @@ func (d *wsDoor) pipeForeign(w http.ResponseWriter, r *http.Request, id StreamID
 	if !foreign {
 		return false
 	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		d.refuse(w, status.Errorf(status.Internal, "cannot hand the rendezvous to its relay"))
-		return true
-	}
 	var head bytes.Buffer
 	if err := r.Write(&head); err != nil {
 		d.refuse(w, status.Errorf(status.BadRequest, "%v", err))
 		return true
 	}
-	conn, brw, err := hj.Hijack()
+	conn, head2, err := hijackFor(w, head.Bytes())
 	if err != nil {
+		d.refuse(w, status.Errorf(status.Internal, "cannot hand the rendezvous to its relay: %v", err))
 		return true
 	}
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		head.Write(b)
-	}
-	conn.SetDeadline(time.Time{}) // the server's, for its own reads
-	peer, err := d.core.fleet.Pipe(d.ctx, prefix, wire.PipeHTTP, conn.RemoteAddr().String(), head.Bytes())
+	peer, err := d.core.fleet.Pipe(d.ctx, prefix, wire.PipeHTTP, conn.RemoteAddr().String(), head2)
 	if err != nil {
 		d.log.Warn("rendezvous for another relay of the fleet failed", "remote", remoteOf(r), "error", err)
-		fmt.Fprintf(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-		conn.Close()
+		answerRaw(conn, http.StatusNotFound, "")
 		return true
 	}
 	d.core.PassThrough(conn, peer, false)
 	return true
+}
+
+// hijackFor takes the client's connection from the http server, to pipe it
+// to another relay of the fleet: it returns head followed by what the
+// server had read past it (a body's start), and clears the deadlines the
+// server set for its own reads. On an error the server still has the
+// connection.
+func hijackFor(w http.ResponseWriter, head []byte) (net.Conn, []byte, error) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the connection cannot be taken over")
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		head = append(head, b...)
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, head, nil
+}
+
+// answerRaw answers on a hijacked connection with code and a plain-text
+// msg, then closes it.
+func answerRaw(conn net.Conn, code int, msg string) {
+	if msg != "" {
+		msg += "\n"
+	}
+	fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		code, http.StatusText(code), len(msg), msg)
+	conn.Close()
 }
 
 func (d *wsDoor) accept(w http.ResponseWriter, r *http.Request, hc, token string, q url.Values) {
