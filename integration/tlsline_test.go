@@ -1,3 +1,5 @@
+//go:build bench || scaling
+
 package integration
 
 import (
