@@ -118,6 +118,7 @@ fuzz:
 	$(GO) test ./relay -run '^$$' -fuzz FuzzResponse -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/sas -run '^$$' -fuzz FuzzParseToken -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/endpoint -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/mux -run '^$$' -fuzz FuzzServer -fuzztime $(FUZZTIME)
 	$(GO) test ./rules -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzMatchSocks -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzEditHosts -fuzztime $(FUZZTIME)

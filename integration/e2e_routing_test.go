@@ -323,8 +323,24 @@ func TestRoutingRestartNoOutage(t *testing.T) {
 	setMigrateReq(t)
 	pg := startPostgres(t)
 	echo := startPlainEcho(t)
+	// Over TLS every data connection is a stream of one multiplexed
+	// connection per client, which stays with the old process: the relay
+	// retires it and the clients move their new streams to a new one.
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plaintext", true: "tls"}[tls], func(t *testing.T) {
+			testRestartNoOutage(t, pg, echo, tls)
+		})
+	}
+}
+
+func testRestartNoOutage(t *testing.T, pg *Postgres, echo *plainEcho, tls bool) {
 	c := newCluster(t, "pg", "echo")
-	r := c.startRelay(t, "  drain_grace: 20s\n")
+	extra := "  drain_grace: 20s\n"
+	if tls {
+		extra += relayTLSLine(t)
+	}
+	r := c.startRelay(t, extra)
+	r.TLS = tls
 	c.startAgent(t, []*crelay{r}, map[string]string{"pg": pg.Addr(), "echo": echo.Addr}, "")
 	p := c.startProxy(t, []*crelay{r}, []string{"pg", "echo"}, "")
 	session := make(chan error, 1)

@@ -1,5 +1,3 @@
-//go:build bench || scaling
-
 package integration
 
 import (
@@ -12,8 +10,8 @@ import (
 // relayTLSLine makes a CA and a certificate for 127.0.0.1, writes them to
 // files, points SSL_CERT_FILE (which every child process inherits, and Go's
 // crypto/x509 reads on Linux) at the CA so agents and proxies trust it, and
-// returns the relay's tls: line (for make bench and the scaling
-// measurements).
+// returns the relay's tls: line (for the TLS end-to-end tests, make bench
+// and the scaling measurements).
 func relayTLSLine(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()

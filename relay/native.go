@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/mux"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/stream"
@@ -44,13 +45,22 @@ type nativeDoor struct {
 	core *Core
 	log  hclog.Logger
 
+	// admit counts a multiplexed stream against the data port's
+	// connection limits (connlimit.Listener.Admit); nil: no limits.
+	admit func(net.Conn) (net.Conn, bool)
+
 	mu    sync.Mutex
-	conns map[net.Conn]struct{} // connections still in their handshake or control loop
+	conns map[net.Conn]struct{}     // connections still in their handshake or control loop
+	muxes map[*mux.Session]struct{} // multiplexed connections being served
 	wg    sync.WaitGroup
 }
 
+// muxIdle is how long the relay keeps a multiplexed connection that holds
+// no stream (clients close theirs sooner: mux.ClientIdle).
+const muxIdle = 2 * time.Minute
+
 func newNativeDoor(core *Core, log hclog.Logger) *nativeDoor {
-	return &nativeDoor{core: core, log: log, conns: map[net.Conn]struct{}{}}
+	return &nativeDoor{core: core, log: log, conns: map[net.Conn]struct{}{}, muxes: map[*mux.Session]struct{}{}}
 }
 
 // serve accepts connections from ln until it is closed, handing each to h.
@@ -75,16 +85,69 @@ func (d *nativeDoor) serve(ctx context.Context, ln net.Listener, h func(context.
 		}
 		d.track(conn, true)
 		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			defer func() {
-				if r := recover(); r != nil {
-					d.log.Error("panic in connection handler", "remote", conn.RemoteAddr().String(), "panic", r)
-					conn.Close()
-				}
-			}()
-			h(ctx, conn)
-		}()
+		go d.handle(ctx, conn, h)
+	}
+}
+
+// handle runs h for conn, which track and wg already count.
+func (d *nativeDoor) handle(ctx context.Context, conn net.Conn, h func(context.Context, net.Conn)) {
+	defer d.wg.Done()
+	defer func() {
+		if r := recover(); r != nil {
+			d.log.Error("panic in connection handler", "remote", conn.RemoteAddr().String(), "panic", r)
+			conn.Close()
+		}
+	}()
+	h(ctx, conn)
+}
+
+// serveMux serves a multiplexed connection to the data port: each of its
+// streams is served as a data connection of its own would be, and counts
+// as one against the connection limits.
+func (d *nativeDoor) serveMux(ctx context.Context, conn net.Conn) {
+	conn.SetDeadline(time.Time{})
+	s, err := mux.Server(conn)
+	if err != nil {
+		d.refuse(conn, "data", err)
+		return
+	}
+	d.mu.Lock()
+	d.muxes[s] = struct{}{}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.muxes, s)
+		d.mu.Unlock()
+		s.Close()
+	}()
+	go s.Reap(muxIdle) // ends with the session
+	for {
+		c, err := s.Accept()
+		if err != nil {
+			return // the session ended
+		}
+		var sc net.Conn = c
+		if d.admit != nil {
+			var ok bool
+			if sc, ok = d.admit(c); !ok {
+				continue // closed and counted as refused
+			}
+		}
+		d.track(sc, true)
+		d.wg.Add(1)
+		go d.handle(ctx, sc, func(ctx context.Context, sc net.Conn) { d.serveDataOn(ctx, sc, s) })
+	}
+}
+
+// retireMux takes every multiplexed connection out of use for new streams
+// (the relay is stopping): new streams on them are refused ShuttingDown,
+// and their clients open new connections, which reach the relay taking
+// over. Streams already on them go on.
+func (d *nativeDoor) retireMux() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for s := range d.muxes {
+		s.Retire()
 	}
 }
 
@@ -99,11 +162,14 @@ func (d *nativeDoor) track(c net.Conn, add bool) {
 }
 
 // closeAll closes the connections still handshaking or on a control loop,
-// then waits for their handlers.
+// and the multiplexed connections, then waits for their handlers.
 func (d *nativeDoor) closeAll() {
 	d.mu.Lock()
 	for c := range d.conns {
 		c.Close()
+	}
+	for s := range d.muxes {
+		s.Close()
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
@@ -147,6 +213,9 @@ func resultOf(err error) *wire.Result {
 	if errors.As(err, &se) {
 		return &wire.Result{Code: se.Code, Msg: se.Msg}
 	}
+	if errors.Is(err, wire.ErrMux) {
+		return &wire.Result{Code: status.BadRequest, Msg: "a multiplexed connection is served only on the data port, and not within another"}
+	}
 	if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrUnknown) {
 		return &wire.Result{Code: status.BadRequest, Msg: err.Error()}
 	}
@@ -171,12 +240,26 @@ func keepAliveOn(conn net.Conn) {
 // serveData handles one connection to the data port: an OPEN from a
 // sender, a WARM (an OPEN later), a JOIN or a PARK from an agent, a CHECK;
 // then raw bytes.
-func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) {
+func (d *nativeDoor) serveData(ctx context.Context, conn net.Conn) { d.serveDataOn(ctx, conn, nil) }
+
+// serveDataOn serves a data connection, or a stream of the multiplexed
+// connection sess.
+func (d *nativeDoor) serveDataOn(ctx context.Context, conn net.Conn, sess *mux.Session) {
 	remote := conn.RemoteAddr().String()
 	f, err := d.handshake(conn)
+	if errors.Is(err, wire.ErrMux) && sess == nil {
+		d.track(conn, false)
+		d.serveMux(ctx, conn)
+		return
+	}
 	if err != nil {
 		d.track(conn, false)
 		d.refuse(conn, "data", err)
+		return
+	}
+	if sess != nil && sess.Retired() {
+		d.track(conn, false)
+		d.refuse(conn, "", status.Errorf(status.ShuttingDown, "relay is stopping: open a new connection"))
 		return
 	}
 	// From here the connection waits for its pairing or its stream; the

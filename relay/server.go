@@ -94,6 +94,10 @@ func New(cfg *rules.Relay, log hclog.Logger) (*Server, error) {
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 				return s.cert.Load(), nil
 			},
+			// Full-size records from the first byte: a multiplexed
+			// connection is long-lived and bursty, and crypto/tls would
+			// start every burst after a second's pause with small records.
+			DynamicRecordSizingDisabled: true,
 		}
 	}
 	return s, nil
@@ -348,6 +352,7 @@ func (s *Server) Run(ctx context.Context) error {
 // period and closes what remains.
 func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	control, data, httpLn := s.limit("control", l.Control), s.limit("data", l.Data), s.limit("http", l.HTTP)
+	s.door.admit = data.(*connlimit.Listener).Admit
 	if s.tls != nil {
 		control, data, httpLn = tls.NewListener(control, s.tls), tls.NewListener(data, s.tls), tls.NewListener(httpLn, s.tls)
 	}
@@ -430,6 +435,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	// live streams drain.
 	s.log.Info("relay stopping: telling every client to go away")
 	s.core.GoAway(status.Errorf(status.ShuttingDown, "relay is stopping"))
+	s.door.retireMux()
 	if runErr == nil && s.cfg.Load().ReusePort {
 		s.awaitSuccessor(l)
 	}
@@ -441,6 +447,7 @@ func (s *Server) Serve(ctx context.Context, l *Listeners) error {
 	defer cancel()
 	control.Close()
 	data.Close()
+	s.door.retireMux() // those that came while it waited for a successor
 	httpDone := make(chan struct{})
 	go func() { hs.Shutdown(gctx); close(httpDone) }() // closes the http listener at once
 	if s.core.sessionCount() > 0 {

@@ -9,6 +9,7 @@
 package connlimit
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,20 @@ func (l *Listener) Accept() (net.Conn, error) {
 		c.Close()
 		l.refuse(src)
 	}
+}
+
+// Admit counts c, a connection that did not come from Accept (a stream
+// multiplexed on an accepted connection), against the caps as if it had:
+// within them it returns c wrapped so that closing it gives the slot back;
+// over them it closes c, counts the refusal and returns false.
+func (l *Listener) Admit(c net.Conn) (net.Conn, bool) {
+	src := sourceOf(c.RemoteAddr())
+	if l.take(src) {
+		return wrap(c, func() { l.release(src) }), true
+	}
+	c.Close()
+	l.refuse(src)
+	return nil, false
 }
 
 func sourceOf(a net.Addr) string {
@@ -190,6 +205,14 @@ type conn struct {
 func (c *conn) Close() error {
 	c.once.Do(c.release)
 	return c.Conn.Close()
+}
+
+// CloseWrite half-closes the connection, when it can.
+func (c *conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("connlimit: connection cannot half-close")
 }
 
 func wrap(c net.Conn, release func()) net.Conn {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hybridconn/hybrid/internal/mux"
 	"github.com/hybridconn/hybrid/internal/sas"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/wire"
@@ -48,13 +49,61 @@ func newNative(ep Endpoint, o options) *native {
 				c.tls.ServerName = ep.Host
 			}
 		}
+		// Full-size records from the first byte (see the relay's config).
+		c.tls.DynamicRecordSizingDisabled = true
 		if c.tls.ClientSessionCache == nil {
-			// Resumed handshakes (tickets) make refills of parked and warm
-			// connections cheap.
+			// Resumed handshakes (tickets) make new connections cheaper.
 			c.tls.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+		}
+		if !o.noMux {
+			// On TLS, every data connection (stream, parked, warm) is a
+			// stream of one multiplexed connection: no TLS handshake per
+			// stream (docs/performance.md).
+			c.mux = &mux.Dialer{Dial: c.dialMux}
 		}
 	}
 	return c
+}
+
+// dialMux opens a multiplexed connection to the data port.
+func (c *native) dialMux(ctx context.Context) (net.Conn, error) {
+	conn, err := c.dial(ctx, c.ep.Data)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetWriteDeadline(deadlineOf(ctx, HandshakeTimeout))
+	if _, err := conn.Write([]byte(wire.MuxPreface)); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("relay %s: mux preface: %w", c, err)
+	}
+	conn.SetWriteDeadline(time.Time{})
+	return conn, nil
+}
+
+// dialData opens a connection for one stream (or a parked or warm
+// connection) to the data port: a stream of the multiplexed connection
+// on TLS, a TCP connection of its own otherwise.
+func (c *native) dialData(ctx context.Context) (net.Conn, error) {
+	if c.mux != nil {
+		mc, err := c.mux.Open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return mc, nil
+	}
+	return c.dial(ctx, c.ep.Data)
+}
+
+// retireOn takes conn's multiplexed connection out of use for new streams
+// when err says the relay process it reached is stopping or does not know
+// what the stream named (a relay restarting in place: the new process
+// has it): the next stream goes on a new connection, which reaches the
+// process that listens now.
+func retireOn(conn net.Conn, err error) {
+	switch status.CodeOf(err) {
+	case status.ShuttingDown, status.NotFound:
+		mux.RetireSessionOf(conn)
+	}
 }
 
 type native struct {
@@ -63,7 +112,8 @@ type native struct {
 	// rendezvous host or a CONNECT proxy): one place to observe them.
 	dialTCP  func(ctx context.Context, network, addr string) (net.Conn, error)
 	tls      *tls.Config
-	proxyURL string // HTTP CONNECT proxy; "" = from the environment
+	proxyURL string      // HTTP CONNECT proxy; "" = from the environment
+	mux      *mux.Dialer // data connections on TLS; nil: one TCP connection each
 }
 
 func (c *native) String() string {
@@ -191,7 +241,7 @@ func (c *native) OpenStream(ctx context.Context, req OpenRequest) (net.Conn, err
 		conn = req.Warm.conn
 	} else {
 		var err error
-		if conn, err = c.dial(ctx, c.ep.Data); err != nil {
+		if conn, err = c.dialData(ctx); err != nil {
 			return nil, err
 		}
 		msg = []byte(wire.Preface)
@@ -202,6 +252,7 @@ func (c *native) OpenStream(ctx context.Context, req OpenRequest) (net.Conn, err
 		timeout = OpenTimeout
 	}
 	if _, err := exchange(ctx, conn, msg, wire.TypeOpen, timeout); err != nil {
+		retireOn(conn, err)
 		conn.Close()
 		return nil, err
 	}
@@ -209,7 +260,7 @@ func (c *native) OpenStream(ctx context.Context, req OpenRequest) (net.Conn, err
 }
 
 func (c *native) Check(ctx context.Context, hc, token string, right sas.Rights) error {
-	conn, err := c.dial(ctx, c.ep.Data)
+	conn, err := c.dialData(ctx)
 	if err != nil {
 		return err
 	}
@@ -388,7 +439,7 @@ const joinTries = 3
 
 func (c *control) Join(ctx context.Context, a *Accept, token string) (net.Conn, error) {
 	for try := 1; ; try++ {
-		conn, err := c.client.dial(ctx, c.client.ep.Data)
+		conn, err := c.client.dialData(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -396,6 +447,7 @@ func (c *control) Join(ctx context.Context, a *Accept, token string) (net.Conn, 
 		if err == nil {
 			return conn, nil
 		}
+		retireOn(conn, err)
 		conn.Close()
 		if code := status.CodeOf(err); try < joinTries && ctx.Err() == nil && (code == status.NotFound || code == status.ShuttingDown) {
 			continue
@@ -412,7 +464,7 @@ type Parked struct {
 
 // Park implements Control.
 func (c *control) Park(ctx context.Context) (*Parked, error) {
-	conn, err := c.client.dial(ctx, c.client.ep.Data)
+	conn, err := c.client.dialData(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -438,6 +490,7 @@ func (p *Parked) Next() (*Accept, error) {
 		return f, nil
 	case *wire.Result:
 		if err := f.Err(); err != nil {
+			retireOn(p.conn, err)
 			return nil, err
 		}
 	}
@@ -483,7 +536,7 @@ type Warm struct {
 
 // Warm implements Control.
 func (c *control) Warm(ctx context.Context) (*Warm, error) {
-	conn, err := c.client.dial(ctx, c.client.ep.Data)
+	conn, err := c.client.dialData(ctx)
 	if err != nil {
 		return nil, err
 	}

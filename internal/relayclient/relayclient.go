@@ -212,6 +212,7 @@ type options struct {
 	transport    string
 	log          hclog.Logger
 	probeTimeout time.Duration
+	noMux        bool                                                              // WithoutMux
 	dial         func(ctx context.Context, network, addr string) (net.Conn, error) // WithDialer
 }
 
@@ -228,6 +229,11 @@ func WithTransport(t string) Option {
 // WithTLSConfig sets the TLS configuration used when the endpoint has TLS
 // (for private CAs and tests). Its ServerName defaults to the endpoint host.
 func WithTLSConfig(c *tls.Config) Option { return func(o *options) { o.tls = c } }
+
+// WithoutMux makes a TLS client open a TLS connection per data
+// connection instead of multiplexing them on one (for comparisons and
+// tests).
+func WithoutMux() Option { return func(o *options) { o.noMux = true } }
 
 // WithLogger gives the client a logger (auto mode logs its choice).
 func WithLogger(l hclog.Logger) Option { return func(o *options) { o.log = l } }

@@ -76,6 +76,12 @@ import (
 // frame is parsed.
 const Preface = "HYB\x02"
 
+// MuxPreface opens a data-port connection that carries many streams:
+// after it, yamux (see internal/mux), each stream starting with Preface as a
+// connection of its own would. Clients use it on TLS links, where a stream
+// of its own would cost a TLS handshake.
+const MuxPreface = "HYM\x01"
+
 // PeerPreface opens a relay-to-relay connection in a fleet.
 const PeerPreface = "HYF\x01"
 
@@ -152,9 +158,12 @@ func (t Type) String() string {
 var (
 	ErrBadPreface = errors.New("wire: not a hybrid native connection (bad preface)")
 	ErrOldVersion = errors.New("wire: hybrid protocol version 1 (this side speaks version 2)")
-	ErrTooLarge   = errors.New("wire: frame too large")
-	ErrMalformed  = errors.New("wire: malformed frame")
-	ErrUnknown    = errors.New("wire: unknown frame type")
+	// ErrMux is returned by ReadPreface for MuxPreface: the connection
+	// carries multiplexed streams, not one.
+	ErrMux       = errors.New("wire: a multiplexed connection (mux preface)")
+	ErrTooLarge  = errors.New("wire: frame too large")
+	ErrMalformed = errors.New("wire: malformed frame")
+	ErrUnknown   = errors.New("wire: unknown frame type")
 )
 
 // StreamID names one stream at a relay. It is random, so it cannot be guessed
@@ -599,6 +608,8 @@ func ReadPreface(r io.Reader) error {
 		return nil
 	case PrefaceV1:
 		return ErrOldVersion
+	case MuxPreface:
+		return ErrMux
 	}
 	return ErrBadPreface
 }

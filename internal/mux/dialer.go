@@ -1,0 +1,92 @@
+package mux
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// ClientIdle is how long a client keeps a session that holds no stream.
+const ClientIdle = 30 * time.Second
+
+// Dialer opens streams on one session to a relay at a time, dialling a new
+// session when there is none, or the current one ended or was retired.
+// Sessions it dialled end by themselves once idle (ClientIdle) or retired
+// and empty, so a Dialer needs no Close.
+type Dialer struct {
+	// Dial opens a new connection to the relay's data port (TLS included)
+	// and writes wire.MuxPreface on it.
+	Dial func(ctx context.Context) (net.Conn, error)
+
+	mu  sync.Mutex
+	cur *Session
+}
+
+// Open opens a stream, on the current session or a new one. A session
+// that cannot open a stream (it broke) is retired and one new session is
+// tried.
+func (d *Dialer) Open(ctx context.Context) (*Conn, error) {
+	var err error
+	for try := 0; try < 2; try++ {
+		var s *Session
+		if s, err = d.session(ctx); err != nil {
+			return nil, err
+		}
+		var c *Conn
+		if c, err = s.Open(ctx); err == nil {
+			return c, nil
+		}
+		s.Retire()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, err
+}
+
+// session returns the current session, dialling one if need be. Callers
+// wait for one dial rather than each making its own.
+func (d *Dialer) session(ctx context.Context) (*Session, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s := d.cur; s != nil && !s.Retired() && !closed(s) {
+		return s, nil
+	}
+	conn, err := d.Dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := Client(conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("relay %s: %w", conn.RemoteAddr(), err)
+	}
+	if old := d.cur; old != nil {
+		old.Retire() // its streams go on; Reap ends it after the last
+	}
+	d.cur = s
+	go s.Reap(ClientIdle)
+	return s, nil
+}
+
+// Sessions reports whether the dialer holds a live session (for tests and
+// status).
+func (d *Dialer) Sessions() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur == nil || closed(d.cur) {
+		return 0
+	}
+	return 1
+}
+
+func closed(s *Session) bool {
+	select {
+	case <-s.Done():
+		return true
+	default:
+		return false
+	}
+}
