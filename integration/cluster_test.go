@@ -58,8 +58,11 @@ type crelay struct {
 	Extra               string // lines under relay:, indented two spaces
 	// TLS makes agents and proxies speak TLS to it (Extra then holds the
 	// relay's tls: mapping, and the clients must trust its certificate).
-	TLS  bool
-	Proc *Proc
+	TLS bool
+	// Admin is the relay's separate status listener (relay.admin, set in
+	// Extra), where status is read when the http port speaks TLS.
+	Admin string
+	Proc  *Proc
 }
 
 // relayYAML is a relay serving every connection of the cluster with its apps
@@ -112,7 +115,12 @@ func (r *crelay) entry() string {
 }
 
 // url is the relay's http listener.
-func (r *crelay) url() string { return fmt.Sprintf("http://127.0.0.1:%d", r.HTTP) }
+func (r *crelay) url() string {
+	if r.Admin != "" {
+		return "http://" + r.Admin
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", r.HTTP)
+}
 
 // cagent is a running agent.
 type cagent struct {

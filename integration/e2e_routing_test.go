@@ -239,8 +239,26 @@ func TestRoutingUnhealthyEndpoint(t *testing.T) {
 // before (p99 <= 100 ms).
 func TestRoutingFrozenRelay(t *testing.T) {
 	echo := startPlainEcho(t)
+	// Over TLS, the proxy's streams to the frozen relay ride one
+	// multiplexed connection, which stays open while the relay is frozen.
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plaintext", true: "tls"}[tls], func(t *testing.T) {
+			testFrozenRelay(t, echo, tls)
+		})
+	}
+}
+
+func testFrozenRelay(t *testing.T, echo *plainEcho, tls bool) {
 	c := newCluster(t, "echo")
-	r1, r2 := c.startRelay(t, ""), c.startRelay(t, "")
+	var r1, r2 *crelay
+	if tls {
+		line := relayTLSLine(t) // one CA for both relays
+		a1, a2 := freeAddr(t, "127.0.0.3"), freeAddr(t, "127.0.0.3")
+		r1, r2 = c.startRelay(t, line+"  admin: "+a1+"\n"), c.startRelay(t, line+"  admin: "+a2+"\n")
+		r1.TLS, r2.TLS, r1.Admin, r2.Admin = true, true, a1, a2
+	} else {
+		r1, r2 = c.startRelay(t, ""), c.startRelay(t, "")
+	}
 	c.startAgent(t, []*crelay{r1, r2}, map[string]string{"echo": echo.Addr}, "")
 	p := c.startProxy(t, []*crelay{r1, r2}, []string{"echo"}, "")
 	// Both relays have the agent.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -236,3 +237,73 @@ func TestMuxStreamsCountAsConnections(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestMuxRetiredWhenControlFails: when a client's control channel to the
+// relay breaks (the relay may be gone, and a host that died sends no
+// reset), the client's next stream goes on a new multiplexed connection
+// rather than into one that may be dead.
+func TestMuxRetiredWhenControlFails(t *testing.T) {
+	_, data, ep, tc := tlsRelay(t, nil)
+	// The control channel goes through a forwarder the test can cut.
+	fwd, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := fwd.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", itoa(ep.Control)))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			held = append(held, c, up)
+			mu.Unlock()
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	cut := ep
+	cut.Control = port(fwd)
+	sender := relayclient.New(cut, relayclient.WithTLSConfig(tc))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ctl, err := sender.Connect(ctx, "test", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	open := func() {
+		t.Helper()
+		_, err := openWith(sender, "pg", "apps", sendKey, "")
+		if status.CodeOf(err) != status.NoListener {
+			t.Fatalf("open: %v, want NoListener (nobody listens)", err)
+		}
+	}
+	open()
+	open()
+	if n := data.n.Load(); n != 1 {
+		t.Fatalf("two streams took %d connections", n)
+	}
+	mu.Lock()
+	for _, c := range held {
+		c.Close()
+	}
+	mu.Unlock()
+	select {
+	case <-ctl.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the control channel did not notice the cut")
+	}
+	open()
+	if n := data.n.Load(); n != 2 {
+		t.Fatalf("after the control channel failed: %d data connections, want 2 (a new one)", n)
+	}
+}

@@ -71,6 +71,17 @@ func (d *Dialer) session(ctx context.Context) (*Session, error) {
 	return s, nil
 }
 
+// Retire retires the current session, if any: the next stream goes on a
+// new one (the relay it reached may be gone; its streams, if any still
+// work, go on).
+func (d *Dialer) Retire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur != nil {
+		d.cur.Retire()
+	}
+}
+
 // Sessions reports whether the dialer holds a live session (for tests and
 // status).
 func (d *Dialer) Sessions() int {

@@ -358,6 +358,13 @@ func (c *control) Err() error {
 
 func (c *control) fail(err error) {
 	c.once.Do(func() {
+		if c.client.mux != nil && !errors.Is(err, net.ErrClosed) {
+			// The relay may be gone (a host down sends no reset, and a
+			// multiplexed connection would take new streams into the void
+			// until its keep-alive gives up): new streams go on a new
+			// connection. One that lives carries its streams on.
+			c.client.mux.Retire()
+		}
 		c.mu.Lock()
 		c.err = err
 		for hc, ws := range c.waiters {
