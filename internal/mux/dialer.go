@@ -2,6 +2,7 @@ package mux
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -20,8 +21,10 @@ type Dialer struct {
 	// and writes wire.MuxPreface on it.
 	Dial func(ctx context.Context) (net.Conn, error)
 
-	mu  sync.Mutex
-	cur *Session
+	mu      sync.Mutex
+	cur     *Session
+	dialing chan struct{} // closed when the dial in progress ends; nil: none
+	dialErr error         // how the last dial failed
 }
 
 // Open opens a stream, on the current session or a new one. A session
@@ -47,13 +50,55 @@ func (d *Dialer) Open(ctx context.Context) (*Conn, error) {
 }
 
 // session returns the current session, dialling one if need be. Callers
-// wait for one dial rather than each making its own.
+// that come while a dial is under way wait for it (each as long as its own
+// ctx allows) rather than each making their own.
 func (d *Dialer) session(ctx context.Context) (*Session, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if s := d.cur; s != nil && !s.Retired() && !closed(s) {
-		return s, nil
+	for {
+		d.mu.Lock()
+		if s := d.cur; s != nil && !s.Retired() && !closed(s) {
+			d.mu.Unlock()
+			return s, nil
+		}
+		if wait := d.dialing; wait != nil {
+			d.mu.Unlock()
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			d.mu.Lock()
+			s, err := d.cur, d.dialErr
+			d.mu.Unlock()
+			if s != nil && !s.Retired() && !closed(s) {
+				return s, nil
+			}
+			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				return nil, err // the relay could not be reached just now
+			}
+			continue // the dialler gave up for its own reasons: try ourselves
+		}
+		done := make(chan struct{})
+		d.dialing = done
+		d.mu.Unlock()
+
+		s, err := d.dial(ctx)
+		d.mu.Lock()
+		d.dialing, d.dialErr = nil, err
+		if err == nil {
+			if old := d.cur; old != nil {
+				old.Retire() // its streams go on; Reap ends it after the last
+			}
+			d.cur = s
+			go s.Reap(ClientIdle)
+		}
+		d.mu.Unlock()
+		close(done)
+		return s, err
 	}
+}
+
+// dial opens a new session.
+func (d *Dialer) dial(ctx context.Context) (*Session, error) {
 	conn, err := d.Dial(ctx)
 	if err != nil {
 		return nil, err
@@ -63,11 +108,6 @@ func (d *Dialer) session(ctx context.Context) (*Session, error) {
 		conn.Close()
 		return nil, fmt.Errorf("relay %s: %w", conn.RemoteAddr(), err)
 	}
-	if old := d.cur; old != nil {
-		old.Retire() // its streams go on; Reap ends it after the last
-	}
-	d.cur = s
-	go s.Reap(ClientIdle)
 	return s, nil
 }
 

@@ -124,11 +124,12 @@ func (s *Session) Close() error { return s.y.Close() }
 // RemoteAddr is the address of the session's connection's peer.
 func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
-// Reap ends the session once it has held no stream for idle (at once when
-// it is retired), and returns when the session has ended. The session's
-// owner runs it on a goroutine of its own.
+// Reap ends the session once it has held no stream for idle (soon after
+// its last stream when it is retired), and returns when the session has
+// ended. The session's owner runs it on a goroutine of its own.
 func (s *Session) Reap(idle time.Duration) {
-	tick := time.NewTicker(reapTick)
+	every := min(time.Second, idle/4)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var empty time.Duration
 	for {
@@ -141,16 +142,13 @@ func (s *Session) Reap(idle time.Duration) {
 			empty = 0
 			continue
 		}
-		empty += reapTick
+		empty += every
 		if s.Retired() || empty >= idle {
 			s.Close()
 			return
 		}
 	}
 }
-
-// reapTick is how often Reap looks at a session.
-var reapTick = time.Second
 
 // Conn is one stream of a session.
 type Conn struct {

@@ -215,10 +215,6 @@ func TestSessionEndResetsStreams(t *testing.T) {
 // TestReap: an idle session ends after its idle time, a retired one as
 // soon as its last stream has; a session with a stream lives on.
 func TestReap(t *testing.T) {
-	old := reapTick
-	reapTick = 10 * time.Millisecond
-	defer func() { reapTick = old }()
-
 	cs, ss := sessions(t, tcpPair)
 	c, s := streamPair(t, cs, ss)
 	done := make(chan struct{})
@@ -401,4 +397,56 @@ func FuzzServer(f *testing.F) {
 		c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		c.Write(in)
 	})
+}
+
+// TestDialerWaitersKeepTheirDeadlines: while one caller's dial hangs (a
+// relay that does not answer), another caller waits for it only as long
+// as its own context allows, and a failed dial's error reaches the
+// waiters.
+func TestDialerWaitersKeepTheirDeadlines(t *testing.T) {
+	release := make(chan struct{})
+	var dials atomic.Int32
+	d := &Dialer{Dial: func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		select {
+		case <-release:
+			return nil, errors.New("connection refused")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}}
+	first := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := d.Open(ctx)
+		first <- err
+	}()
+	for dials.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := d.Open(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+		t.Fatalf("a waiter with 100 ms: %v after %v", err, time.Since(start))
+	}
+	waiter := make(chan error, 1)
+	go func() {
+		_, err := d.Open(context.Background())
+		waiter <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	for _, ch := range []chan error{first, waiter} {
+		select {
+		case err := <-ch:
+			if err == nil || err.Error() != "connection refused" {
+				t.Fatalf("after the dial failed: %v, want its error", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a caller still waits 10 s after the dial failed")
+		}
+	}
 }
