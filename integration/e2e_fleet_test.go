@@ -178,6 +178,73 @@ func TestFleetBehindOneAddress(t *testing.T) {
 	t.Logf("100 MiB each way across a forwarded stream (relay c to relay a): sha256 equal")
 }
 
+// TestFleetTLSBehindOneAddress: the fleet behind HAProxy with TLS on every
+// link. Each client's streams ride one multiplexed TLS connection per
+// relay it reached, which HAProxy sends to any relay: an agent's parked and
+// joined streams then land on a relay other than its control channel's and
+// are piped there. Streams, pgbench and a forwarded transfer all intact.
+func TestFleetTLSBehindOneAddress(t *testing.T) {
+	pg := startPostgres(t)
+	if out, err := pgbench(t, pg.DirectDSN(), "-i", "-s", "1", "-q"); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	echo := startPlainEcho(t)
+	sink := startSinkSource(t)
+	c := newCluster(t, "echo", "pg", "bulk")
+	f := startFleetRelays(t, c, 3, relayTLSLine(t))
+	for _, r := range f.relays {
+		r.TLS = true
+	}
+	f.startHAProxy(t)
+	f.lb.TLS = true
+	pubs := map[string]string{"echo": echo.Addr, "pg": pg.Addr(), "bulk": sink}
+	c.startAgent(t, []*crelay{f.lb}, pubs, "")
+	c.startAgent(t, []*crelay{f.lb}, pubs, "")
+	p := c.startProxy(t, []*crelay{f.lb}, []string{"echo", "pg"}, "")
+
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	sem := make(chan struct{}, 10)
+	for i := 0; i < 300; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := probe(p.Listen["echo"]); err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("fleet of 3 behind HAProxy, TLS: 300 streams, %d failed", failed.Load())
+	if failed.Load() != 0 {
+		t.Fatalf("%d of 300 streams failed through the TLS fleet: %v", failed.Load(), firstErr.Load())
+	}
+	out, err := pgbench(t, pg.DSN("127.0.0.2", e2ePort(t, p.Listen["pg"])), "-c", "8", "-j", "2", "-T", "10")
+	failedTx, ok := pgbenchFailed(out)
+	tps, _ := pgbenchTPS(out)
+	t.Logf("pgbench -c 8 -T 10 through the TLS fleet: %d failed, tps %.0f", failedTx, tps)
+	if err != nil || !ok || failedTx != 0 {
+		t.Fatalf("pgbench through the TLS fleet: %v\n%s", err, out)
+	}
+	// A forwarded stream for sure: an agent on relay a only, a proxy on
+	// relay c only.
+	c2 := &cluster{Keys: map[string]hcKeys{"bulk": c.Keys["bulk"]}}
+	c2.startAgent(t, []*crelay{f.relays[0]}, map[string]string{"bulk": sink}, "")
+	pc := c2.startProxy(t, []*crelay{f.relays[2]}, []string{"bulk"}, "")
+	sent, got := uploadAndHash(t, pc.Listen["bulk"], 32<<20)
+	if sent != got {
+		t.Fatal("32 MiB upload across a forwarded TLS stream: sha256 differs")
+	}
+	want, gotDown, n := downloadAndHash(t, pc.Listen["bulk"], 32<<20)
+	if want != gotDown || n != 32<<20 {
+		t.Fatalf("32 MiB download across a forwarded TLS stream: %d bytes, digest match %v", n, want == gotDown)
+	}
+}
+
 // TestFleetFailures: a relay killed under a probe loop (new streams flow
 // again within 2 s, its directory entry gone within the lease), Redis
 // stopped (same-relay streams go on, cross-relay ones fail saying why) and
