@@ -306,7 +306,11 @@ func (r *benchRun) manyTarget(add func(setup, what, figure, status string), verd
 	n := r.settings.ManyStreams
 	what := fmt.Sprintf("%d concurrent idle streams, 0 errors", n)
 	if n < 10000 {
-		what = fmt.Sprintf("%d concurrent idle streams, 0 errors (%s; the target is 10000)", n, r.settings.Name)
+		why := r.settings.Name
+		if why != "tiny" {
+			why = "BENCH_MANY"
+		}
+		what = fmt.Sprintf("%d concurrent idle streams, 0 errors (%s; the target is 10000)", n, why)
 	}
 	switch f := r.many; {
 	case f == nil:
@@ -316,7 +320,11 @@ func (r *benchRun) manyTarget(add func(setup, what, figure, status string), verd
 		if f.Fails.N > 0 {
 			fig += "; the first: " + f.Fails.First
 		}
-		add("native", what, fig, verdict(f.Held == n && f.Fails.N == 0))
+		status := verdict(f.Held == n && f.Fails.N == 0)
+		if n < 10000 && r.settings.Name != "tiny" && status != "MISS" {
+			status = "INFO" // fewer than the target's (BENCH_MANY): reported, not judged
+		}
+		add("native", what, fig, status)
 	}
 }
 
