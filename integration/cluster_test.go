@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -302,6 +303,30 @@ func probe(addr string) error {
 	}
 	defer c.Close()
 	return echoOnce(c)
+}
+
+// probeMany runs n probes through addr, 10 at a time, and returns how many
+// failed and the first failure.
+func probeMany(addr string, n int) (fails int64, first string) {
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	sem := make(chan struct{}, 10)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := probe(addr); err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+		}()
+	}
+	wg.Wait()
+	first, _ = firstErr.Load().(string)
+	return failed.Load(), first
 }
 
 // rssKiB returns a process's resident set size.

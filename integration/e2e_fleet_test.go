@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -126,29 +125,8 @@ func TestFleetBehindOneAddress(t *testing.T) {
 	p := c.startProxy(t, []*crelay{f.lb}, []string{"echo", "pg"}, "")
 	ws := c.startProxy(t, []*crelay{f.lb}, []string{"echo"}, "  transport: websocket\n")
 
-	run := func(addr string, n int) (fails int64, first string) {
-		var wg sync.WaitGroup
-		var failed atomic.Int64
-		var firstErr atomic.Value
-		sem := make(chan struct{}, 10)
-		for i := 0; i < n; i++ {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				if err := probe(addr); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				}
-			}()
-		}
-		wg.Wait()
-		s, _ := firstErr.Load().(string)
-		return failed.Load(), s
-	}
-	nf, e1 := run(p.Listen["echo"], 1000)
-	wf, e2 := run(ws.Listen["echo"], 200)
+	nf, e1 := probeMany(p.Listen["echo"], 1000)
+	wf, e2 := probeMany(ws.Listen["echo"], 200)
 	t.Logf("fleet of 3 behind HAProxy: 1000 native streams, %d failed; 200 websocket streams, %d failed", nf, wf)
 	if nf != 0 || wf != 0 {
 		t.Fatalf("streams failed through the fleet: native %d (%s), websocket %d (%s)", nf, e1, wf, e2)
@@ -162,20 +140,26 @@ func TestFleetBehindOneAddress(t *testing.T) {
 		t.Fatalf("pgbench through the fleet: %v\n%s", err, out)
 	}
 
-	// A forwarded stream for sure: an agent on relay a only, a proxy on
-	// relay c only.
+	transferForwarded(t, c, f, sink, 100<<20)
+}
+
+// transferForwarded moves size bytes each way across a stream that is
+// forwarded for sure (an agent on relay a only, a proxy on relay c only)
+// and checks both digests.
+func transferForwarded(t *testing.T, c *cluster, f *fleetEnv, sink string, size int64) {
+	t.Helper()
 	c2 := &cluster{Keys: map[string]hcKeys{"bulk": c.Keys["bulk"]}}
 	c2.startAgent(t, []*crelay{f.relays[0]}, map[string]string{"bulk": sink}, "")
-	pc := c2.startProxy(t, []*crelay{f.relays[2]}, []string{"bulk"}, "")
-	sent, got := uploadAndHash(t, pc.Listen["bulk"], 100<<20)
+	pc := c2.startProxy(t, []*crelay{f.relays[len(f.relays)-1]}, []string{"bulk"}, "")
+	sent, got := uploadAndHash(t, pc.Listen["bulk"], size)
 	if sent != got {
-		t.Fatal("100 MiB upload across a forwarded stream: sha256 differs")
+		t.Fatalf("%d MiB upload across a forwarded stream: sha256 differs", size>>20)
 	}
-	want, gotDown, n := downloadAndHash(t, pc.Listen["bulk"], 100<<20)
-	if want != gotDown || n != 100<<20 {
-		t.Fatalf("100 MiB download across a forwarded stream: %d bytes, digest match %v", n, want == gotDown)
+	want, gotDown, n := downloadAndHash(t, pc.Listen["bulk"], size)
+	if want != gotDown || n != size {
+		t.Fatalf("%d MiB download across a forwarded stream: %d bytes, digest match %v", size>>20, n, want == gotDown)
 	}
-	t.Logf("100 MiB each way across a forwarded stream (relay c to relay a): sha256 equal")
+	t.Logf("%d MiB each way across a forwarded stream (relay %c to relay a): sha256 equal", size>>20, 'a'+len(f.relays)-1)
 }
 
 // TestFleetTLSBehindOneAddress: the fleet behind HAProxy with TLS on every
@@ -202,26 +186,10 @@ func TestFleetTLSBehindOneAddress(t *testing.T) {
 	c.startAgent(t, []*crelay{f.lb}, pubs, "")
 	p := c.startProxy(t, []*crelay{f.lb}, []string{"echo", "pg"}, "")
 
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	var firstErr atomic.Value
-	sem := make(chan struct{}, 10)
-	for i := 0; i < 300; i++ {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := probe(p.Listen["echo"]); err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			}
-		}()
-	}
-	wg.Wait()
-	t.Logf("fleet of 3 behind HAProxy, TLS: 300 streams, %d failed", failed.Load())
-	if failed.Load() != 0 {
-		t.Fatalf("%d of 300 streams failed through the TLS fleet: %v", failed.Load(), firstErr.Load())
+	fails, first := probeMany(p.Listen["echo"], 300)
+	t.Logf("fleet of 3 behind HAProxy, TLS: 300 streams, %d failed", fails)
+	if fails != 0 {
+		t.Fatalf("%d of 300 streams failed through the TLS fleet: %s", fails, first)
 	}
 	out, err := pgbench(t, pg.DSN("127.0.0.2", e2ePort(t, p.Listen["pg"])), "-c", "8", "-j", "2", "-T", "10")
 	failedTx, ok := pgbenchFailed(out)
@@ -230,19 +198,7 @@ func TestFleetTLSBehindOneAddress(t *testing.T) {
 	if err != nil || !ok || failedTx != 0 {
 		t.Fatalf("pgbench through the TLS fleet: %v\n%s", err, out)
 	}
-	// A forwarded stream for sure: an agent on relay a only, a proxy on
-	// relay c only.
-	c2 := &cluster{Keys: map[string]hcKeys{"bulk": c.Keys["bulk"]}}
-	c2.startAgent(t, []*crelay{f.relays[0]}, map[string]string{"bulk": sink}, "")
-	pc := c2.startProxy(t, []*crelay{f.relays[2]}, []string{"bulk"}, "")
-	sent, got := uploadAndHash(t, pc.Listen["bulk"], 32<<20)
-	if sent != got {
-		t.Fatal("32 MiB upload across a forwarded TLS stream: sha256 differs")
-	}
-	want, gotDown, n := downloadAndHash(t, pc.Listen["bulk"], 32<<20)
-	if want != gotDown || n != 32<<20 {
-		t.Fatalf("32 MiB download across a forwarded TLS stream: %d bytes, digest match %v", n, want == gotDown)
-	}
+	transferForwarded(t, c, f, sink, 32<<20)
 }
 
 // TestFleetFailures: a relay killed under a probe loop (new streams flow

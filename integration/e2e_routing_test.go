@@ -263,26 +263,12 @@ func testFrozenRelay(t *testing.T, echo *plainEcho, tls bool) {
 	p := c.startProxy(t, []*crelay{r1, r2}, []string{"echo"}, "")
 	// Both relays have the agent.
 	const n = 1000
-	var wg sync.WaitGroup
-	var fails atomic.Int64
-	sem := make(chan struct{}, 10)
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := probe(p.Listen["echo"]); err != nil {
-				fails.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
+	fails, firstErr := probeMany(p.Listen["echo"], n)
 	o1, o2 := r1.status(t).Relay.Counters["streams_opened"], r2.status(t).Relay.Counters["streams_opened"]
 	share := float64(o1) / float64(o1+o2)
-	t.Logf("spread of %d streams over two healthy relays: %d and %d (%.1f %%), %d failed", n, o1, o2, 100*share, fails.Load())
-	if fails.Load() != 0 || share < 0.40 || share > 0.60 {
-		t.Fatalf("streams not spread: %d and %d, %d failed", o1, o2, fails.Load())
+	t.Logf("spread of %d streams over two healthy relays: %d and %d (%.1f %%), %d failed", n, o1, o2, 100*share, fails)
+	if fails != 0 || share < 0.40 || share > 0.60 {
+		t.Fatalf("streams not spread: %d and %d, %d failed (%s)", o1, o2, fails, firstErr)
 	}
 	var healthy []time.Duration
 	for i := 0; i < 50; i++ {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/hybridconn/hybrid/internal/mux"
 	"github.com/hybridconn/hybrid/internal/relayclient"
 	"github.com/hybridconn/hybrid/internal/status"
 	"github.com/hybridconn/hybrid/internal/wire"
@@ -112,23 +113,43 @@ func TestMuxOverTLS(t *testing.T) {
 		t.Fatalf("WithoutMux: 3 streams took %d connections", n)
 	}
 
-	t.Run("mux preface refused where it does not belong", func(t *testing.T) {
-		for _, addr := range []string{net.JoinHostPort("127.0.0.1", itoa(ep.Control))} {
-			c, err := tls.Dial("tcp", addr, tc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.Write([]byte(wire.MuxPreface))
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			f, err := wire.Read(c)
-			c.Close()
-			if res, ok := f.(*wire.Result); err != nil || !ok || res.Code != status.BadRequest {
-				t.Fatalf("control port answered the mux preface %v, %v; want a BadRequest RESULT", f, err)
-			}
+	t.Run("mux preface refused on the control port", func(t *testing.T) {
+		c, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ep.Control)), tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(wire.MuxPreface))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		f, err := wire.Read(c)
+		c.Close()
+		if res, ok := f.(*wire.Result); err != nil || !ok || res.Code != status.BadRequest {
+			t.Fatalf("control port answered the mux preface %v, %v; want a BadRequest RESULT", f, err)
+		}
+	})
+	t.Run("mux preface inside a stream refused", func(t *testing.T) {
+		c, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ep.Data)), tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(wire.MuxPreface))
+		sess, err := mux.Client(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		st, err := sess.Open(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write([]byte(wire.MuxPreface))
+		st.SetReadDeadline(time.Now().Add(10 * time.Second))
+		f, err := wire.Read(st)
+		if res, ok := f.(*wire.Result); err != nil || !ok || res.Code != status.BadRequest {
+			t.Fatalf("a stream that opened with the mux preface was answered %v, %v; want a BadRequest RESULT", f, err)
 		}
 	})
 	t.Run("garbage after the mux preface ends that connection only", func(t *testing.T) {
-		c, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", itoa(ep.Data)), tc)
+		c, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ep.Data)), tc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,13 +215,9 @@ func TestMuxStreamsCountAsConnections(t *testing.T) {
 	const perSource = 8
 	_, _, ep, tc := tlsRelay(t, func(c *rules.Relay) { c.Limits.PerSource = perSource })
 	sender := relayclient.New(ep, relayclient.WithTLSConfig(tc))
+	ctl := connectSender(t, sender)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ctl, err := sender.Connect(ctx, "test", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
 	// The multiplexed connection takes one slot; warm streams (held by the
 	// relay until their OPEN) take the rest.
 	var warm []*relayclient.Warm
@@ -236,7 +253,19 @@ func TestMuxStreamsCountAsConnections(t *testing.T) {
 	}
 }
 
-func itoa(n int) string { return strconv.Itoa(n) }
+// connectSender opens a sender's control channel on c, closed at the
+// test's end.
+func connectSender(t *testing.T, c relayclient.Client) relayclient.Control {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ctl, err := c.Connect(ctx, "test", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctl.Close() })
+	return ctl
+}
 
 // TestMuxRetiredWhenControlFails: when a client's control channel to the
 // relay breaks (the relay may be gone, and a host that died sends no
@@ -258,7 +287,7 @@ func TestMuxRetiredWhenControlFails(t *testing.T) {
 			if err != nil {
 				return
 			}
-			up, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", itoa(ep.Control)))
+			up, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ep.Control)))
 			if err != nil {
 				c.Close()
 				continue
@@ -273,13 +302,7 @@ func TestMuxRetiredWhenControlFails(t *testing.T) {
 	cut := ep
 	cut.Control = port(fwd)
 	sender := relayclient.New(cut, relayclient.WithTLSConfig(tc))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ctl, err := sender.Connect(ctx, "test", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
+	ctl := connectSender(t, sender)
 	open := func() {
 		t.Helper()
 		_, err := openWith(sender, "pg", "apps", sendKey, "")

@@ -324,7 +324,7 @@ func (s *Server) Listen() (*Listeners, error) {
 
 // limit wraps a listener with the configured connection caps and keeps it
 // for Apply and for metrics.
-func (s *Server) limit(name string, ln net.Listener) net.Listener {
+func (s *Server) limit(name string, ln net.Listener) *connlimit.Listener {
 	lim := s.cfg.Load().Limits
 	cl := connlimit.New(ln, connlimit.Limits{Total: lim.Connections, PerSource: lim.PerSource})
 	log := s.log.With("listener", name)
@@ -351,8 +351,9 @@ func (s *Server) Run(ctx context.Context) error {
 // accepting, closes control channels, lets live streams finish for the grace
 // period and closes what remains.
 func (s *Server) Serve(ctx context.Context, l *Listeners) error {
-	control, data, httpLn := s.limit("control", l.Control), s.limit("data", l.Data), s.limit("http", l.HTTP)
-	s.door.admit = data.(*connlimit.Listener).Admit
+	dataLimited := s.limit("data", l.Data)
+	s.door.admit = dataLimited.Admit // streams of multiplexed connections count too
+	var control, data, httpLn net.Listener = s.limit("control", l.Control), dataLimited, s.limit("http", l.HTTP)
 	if s.tls != nil {
 		control, data, httpLn = tls.NewListener(control, s.tls), tls.NewListener(data, s.tls), tls.NewListener(httpLn, s.tls)
 	}

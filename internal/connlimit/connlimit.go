@@ -80,26 +80,24 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := sourceOf(c.RemoteAddr())
-		if l.take(src) {
-			return wrap(c, func() { l.release(src) }), nil
+		if c, ok := l.Admit(c); ok {
+			return c, nil
 		}
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0) // reset: no TIME_WAIT for a refused flood
-		}
-		c.Close()
-		l.refuse(src)
 	}
 }
 
-// Admit counts c, a connection that did not come from Accept (a stream
-// multiplexed on an accepted connection), against the caps as if it had:
-// within them it returns c wrapped so that closing it gives the slot back;
-// over them it closes c, counts the refusal and returns false.
+// Admit counts c against the caps: within them it returns c wrapped so
+// that closing it gives the slot back; over them it closes c (a TCP
+// connection with a reset), counts the refusal and returns false. Accept
+// admits each connection; a connection that did not come from Accept (a
+// stream multiplexed on an accepted one) is admitted the same way.
 func (l *Listener) Admit(c net.Conn) (net.Conn, bool) {
 	src := sourceOf(c.RemoteAddr())
 	if l.take(src) {
 		return wrap(c, func() { l.release(src) }), true
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0) // reset: no TIME_WAIT for a refused flood
 	}
 	c.Close()
 	l.refuse(src)

@@ -122,17 +122,6 @@ func (d *Dialer) Retire() {
 	}
 }
 
-// Sessions reports whether the dialer holds a live session (for tests and
-// status).
-func (d *Dialer) Sessions() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.cur == nil || closed(d.cur) {
-		return 0
-	}
-	return 1
-}
-
 func closed(s *Session) bool {
 	select {
 	case <-s.Done():

@@ -121,9 +121,6 @@ func (s *Session) Done() <-chan struct{} { return s.y.CloseChan() }
 // Close ends the session and every stream on it (their peers see a reset).
 func (s *Session) Close() error { return s.y.Close() }
 
-// RemoteAddr is the address of the session's connection's peer.
-func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
-
 // Reap ends the session once it has held no stream for idle (soon after
 // its last stream when it is retired), and returns when the session has
 // ended. The session's owner runs it on a goroutine of its own.
