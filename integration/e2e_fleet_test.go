@@ -109,7 +109,11 @@ func (f *fleetEnv) startHAProxy(t *testing.T) {
 // TestFleetBehindOneAddress: three relays behind HAProxy, two agents and
 // the proxies knowing only HAProxy: 1,000 native streams and 200 over
 // WebSocket, all served; pgbench through it, 0 failed; a 100 MiB transfer
-// intact across a forwarded stream.
+// intact across a forwarded stream. Then all of it again with TLS on every
+// link, where each client's streams ride one multiplexed TLS connection
+// per relay address, which HAProxy sends to any relay: an agent's parked
+// and joined streams then land on a relay other than its control
+// channel's and are piped there.
 func TestFleetBehindOneAddress(t *testing.T) {
 	pg := startPostgres(t)
 	if out, err := pgbench(t, pg.DirectDSN(), "-i", "-s", "1", "-q"); err != nil {
@@ -117,8 +121,25 @@ func TestFleetBehindOneAddress(t *testing.T) {
 	}
 	echo := startPlainEcho(t)
 	sink := startSinkSource(t)
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plaintext", true: "tls"}[tls], func(t *testing.T) {
+			testFleetBehindOneAddress(t, pg, echo, sink, tls)
+		})
+	}
+}
+
+func testFleetBehindOneAddress(t *testing.T, pg *Postgres, echo *plainEcho, sink string, tls bool) {
 	c := newCluster(t, "echo", "pg", "bulk")
-	f := startFleet(t, c, 3)
+	extra := ""
+	if tls {
+		extra = relayTLSLine(t) // one CA for the three
+	}
+	f := startFleetRelays(t, c, 3, extra)
+	for _, r := range f.relays {
+		r.TLS = tls
+	}
+	f.startHAProxy(t)
+	f.lb.TLS = tls
 	pubs := map[string]string{"echo": echo.Addr, "pg": pg.Addr(), "bulk": sink}
 	c.startAgent(t, []*crelay{f.lb}, pubs, "")
 	c.startAgent(t, []*crelay{f.lb}, pubs, "")
@@ -127,7 +148,7 @@ func TestFleetBehindOneAddress(t *testing.T) {
 
 	nf, e1 := probeMany(p.Listen["echo"], 1000)
 	wf, e2 := probeMany(ws.Listen["echo"], 200)
-	t.Logf("fleet of 3 behind HAProxy: 1000 native streams, %d failed; 200 websocket streams, %d failed", nf, wf)
+	t.Logf("fleet of 3 behind HAProxy (tls %v): 1000 native streams, %d failed; 200 websocket streams, %d failed", tls, nf, wf)
 	if nf != 0 || wf != 0 {
 		t.Fatalf("streams failed through the fleet: native %d (%s), websocket %d (%s)", nf, e1, wf, e2)
 	}
@@ -135,7 +156,7 @@ func TestFleetBehindOneAddress(t *testing.T) {
 	out, err := pgbench(t, pg.DSN("127.0.0.2", e2ePort(t, p.Listen["pg"])), "-c", "8", "-j", "2", "-T", "20")
 	failed, ok := pgbenchFailed(out)
 	tps, _ := pgbenchTPS(out)
-	t.Logf("pgbench -c 8 -T 20 through the fleet: %d failed, tps %.0f", failed, tps)
+	t.Logf("pgbench -c 8 -T 20 through the fleet (tls %v): %d failed, tps %.0f", tls, failed, tps)
 	if err != nil || !ok || failed != 0 {
 		t.Fatalf("pgbench through the fleet: %v\n%s", err, out)
 	}
@@ -160,45 +181,6 @@ func transferForwarded(t *testing.T, c *cluster, f *fleetEnv, sink string, size 
 		t.Fatalf("%d MiB download across a forwarded stream: %d bytes, digest match %v", size>>20, n, want == gotDown)
 	}
 	t.Logf("%d MiB each way across a forwarded stream (relay %c to relay a): sha256 equal", size>>20, 'a'+len(f.relays)-1)
-}
-
-// TestFleetTLSBehindOneAddress: the fleet behind HAProxy with TLS on every
-// link. Each client's streams ride one multiplexed TLS connection per
-// relay it reached, which HAProxy sends to any relay: an agent's parked and
-// joined streams then land on a relay other than its control channel's and
-// are piped there. Streams, pgbench and a forwarded transfer all intact.
-func TestFleetTLSBehindOneAddress(t *testing.T) {
-	pg := startPostgres(t)
-	if out, err := pgbench(t, pg.DirectDSN(), "-i", "-s", "1", "-q"); err != nil {
-		t.Fatalf("pgbench -i: %v\n%s", err, out)
-	}
-	echo := startPlainEcho(t)
-	sink := startSinkSource(t)
-	c := newCluster(t, "echo", "pg", "bulk")
-	f := startFleetRelays(t, c, 3, relayTLSLine(t))
-	for _, r := range f.relays {
-		r.TLS = true
-	}
-	f.startHAProxy(t)
-	f.lb.TLS = true
-	pubs := map[string]string{"echo": echo.Addr, "pg": pg.Addr(), "bulk": sink}
-	c.startAgent(t, []*crelay{f.lb}, pubs, "")
-	c.startAgent(t, []*crelay{f.lb}, pubs, "")
-	p := c.startProxy(t, []*crelay{f.lb}, []string{"echo", "pg"}, "")
-
-	fails, first := probeMany(p.Listen["echo"], 300)
-	t.Logf("fleet of 3 behind HAProxy, TLS: 300 streams, %d failed", fails)
-	if fails != 0 {
-		t.Fatalf("%d of 300 streams failed through the TLS fleet: %s", fails, first)
-	}
-	out, err := pgbench(t, pg.DSN("127.0.0.2", e2ePort(t, p.Listen["pg"])), "-c", "8", "-j", "2", "-T", "10")
-	failedTx, ok := pgbenchFailed(out)
-	tps, _ := pgbenchTPS(out)
-	t.Logf("pgbench -c 8 -T 10 through the TLS fleet: %d failed, tps %.0f", failedTx, tps)
-	if err != nil || !ok || failedTx != 0 {
-		t.Fatalf("pgbench through the TLS fleet: %v\n%s", err, out)
-	}
-	transferForwarded(t, c, f, sink, 32<<20)
 }
 
 // TestFleetFailures: a relay killed under a probe loop (new streams flow
